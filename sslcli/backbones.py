@@ -1,0 +1,143 @@
+"""timm backbones: creation by name, the small-input stem, pooled features, and weights saved so
+that `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))` loads them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .data.augment import IMAGENET_MEAN, IMAGENET_STD
+from .errors import UserError, did_you_mean
+
+SMALL_INPUT_AUTO_MAX = 32  # the standard stem leaves a 1x1 map at this size and below
+
+
+@dataclass
+class BackboneInfo:
+    """What backbone.json records: enough to rebuild the network and feed it."""
+
+    timm_name: str
+    small_input: bool
+    input_size: int
+    feature_dim: int
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
+    method: str = "random"
+    classifier: str = "the classifier weights are zeros (untrained); they exist so timm loads the file strictly"
+    epoch: int = 0
+
+
+def resolve_small_input(small_input, image_size: int) -> bool:
+    if small_input == "auto":
+        return image_size <= SMALL_INPUT_AUTO_MAX
+    return bool(small_input)
+
+
+def _apply_small_input_stem(model: nn.Module, name: str) -> None:
+    """3x3 stride-1 first convolution and no max-pool, for inputs of a few dozen pixels."""
+    conv1, maxpool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if isinstance(conv1, nn.Conv2d) and maxpool is not None:
+        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=conv1.bias is not None)
+        model.maxpool = nn.Identity()
+        return
+    raise UserError(
+        f"backbone.small_input is only supported for ResNet-style timm models (conv1 + maxpool), not '{name}'; "
+        f"set --set backbone.small_input=false"
+    )
+
+
+def create_backbone(name: str, small_input=False, image_size: int = 224) -> tuple[nn.Module, BackboneInfo]:
+    """A randomly initialised timm model that maps images to pooled features (no classifier)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(
+            f"unknown backbone '{name}'{did_you_mean(name, timm.list_models())}; "
+            f"any timm model name works, e.g. resnet18, resnet50, convnext_tiny"
+        )
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    small = resolve_small_input(small_input, image_size)
+    if small:
+        _apply_small_input_stem(model, name)
+    info = BackboneInfo(timm_name=name, small_input=small, input_size=image_size, feature_dim=model.num_features)
+    return model, info
+
+
+def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights plus a zero classifier, keyed exactly as timm names them."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    classifier, classes = cfg.get("classifier"), cfg.get("num_classes")
+    if isinstance(classifier, str) and classes and f"{classifier}.weight" not in state:
+        dtype = next(iter(state.values())).dtype
+        state[f"{classifier}.weight"] = torch.zeros(classes, model.num_features, dtype=dtype)
+        state[f"{classifier}.bias"] = torch.zeros(classes, dtype=dtype)
+    return state
+
+
+def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path) -> Path:
+    """Write backbone.safetensors and backbone.json into `folder`, each atomically."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "backbone.safetensors"
+    tmp = weights.with_suffix(".safetensors.tmp")
+    save_file(timm_state_dict(model), str(tmp), metadata={"timm_name": info.timm_name})
+    _fsync_replace(tmp, weights)
+    meta = folder / "backbone.json"
+    tmp = meta.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
+    _fsync_replace(tmp, meta)
+    return weights
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, BackboneInfo]:
+    """MODEL as the commands take it: a run folder, a backbone.safetensors file, or random:TIMM_NAME.
+
+    `image_size` is used for `random:` models (whose stem depends on it)."""
+    if spec.startswith("random:"):
+        name = spec[len("random:"):]
+        if not name:
+            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+        return create_backbone(name, "auto", image_size or 224)
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(
+            f"model '{spec}' does not exist; give a run folder from `sslcli pretrain`, "
+            f"a backbone.safetensors file, or random:TIMM_NAME"
+        )
+    weights = path / "backbone.safetensors" if path.is_dir() else path
+    meta = weights.with_name("backbone.json")
+    if not weights.is_file():
+        raise UserError(f"'{path}' holds no backbone.safetensors; is it a finished or checkpointed pretrain run?")
+    if not meta.is_file():
+        raise UserError(f"'{meta}' is missing; it is written beside backbone.safetensors and records the architecture")
+    try:
+        info = BackboneInfo(**json.loads(meta.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"'{meta}' is not a valid backbone.json ({exc})") from None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"cannot read weights '{weights}' ({exc}); the file is damaged, rerun or re-copy it") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    unexpected = [k for k in unexpected if not k.startswith(f"{cfg.get('classifier')}.")]
+    if missing or unexpected:
+        raise UserError(f"weights '{weights}' do not fit {info.timm_name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, info

@@ -1,0 +1,414 @@
+"""The one training loop. It knows no method: a plugin makes views and returns a loss; the engine
+owns the optimiser, schedule, precision, data order, checkpoints, resume, progress and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+from rich.console import Console
+
+from .backbones import BackboneInfo, create_backbone, save_backbone
+from .data.sources import DataSource, Split, open_source
+from .errors import UserError
+from .methods.base import Method
+from .recipe import Recipe
+from .registry import get_method
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(UserError):
+    """The run itself failed (e.g. the loss diverged); exit code 1, last good checkpoint kept."""
+
+    exit_code = 1
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was written. Exit code 130."""
+
+
+# ---------------------------------------------------------------- device and precision
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a precision setting, or None for full fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if precision == "fp16" and device.type == "cpu":
+        raise UserError("train.precision fp16 needs a CUDA GPU; use bf16, fp32 or auto on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- optimisation
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017, "Large Batch Training of
+    Convolutional Networks"). Groups with `lars=False` (biases, norms) get plain SGD."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if group["lars"]:
+                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    ratio = torch.where((p_norm > 0) & (g_norm > 0), group["trust"] * p_norm / g_norm, torch.ones_like(p_norm))
+                    grad.mul_(ratio)
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = grad
+                else:
+                    buf.mul_(group["momentum"]).add_(grad)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def scaled_lr(recipe: Recipe) -> float:
+    o, batch = recipe.optim, recipe.train.batch_size
+    factor = {"linear": batch / 256, "sqrt": math.sqrt(batch / 256), "none": 1.0}[o.lr_scaling]
+    return o.lr * factor
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    o = recipe.optim
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    lr = scaled_lr(recipe)
+    groups = [
+        {"params": decay, "weight_decay": o.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(o.momentum, 0.999))
+    groups[1]["lars"] = False
+    return LARS(groups, lr=lr, momentum=o.momentum)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float) -> float:
+    """Linear warmup from 0 over `warmup` steps, then cosine to `final` (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- data order
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the training set for `epoch`: a pure function of (seed, epoch), so a
+    resumed run replays exactly the same order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def iterate_batches(split: Split, order: torch.Tensor, batch_size: int, start: int, workers: int) -> Iterator[torch.Tensor]:
+    """uint8 image batches following `order` (full batches only), from batch index `start`."""
+    steps = len(order) // batch_size
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start, steps)]
+    if split.images is not None:
+        for idx in batches:
+            yield split.images[idx]
+        return
+    loader = torch.utils.data.DataLoader(
+        split, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
+        collate_fn=_stack_images,
+    )
+    yield from loader
+
+
+def _stack_images(items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    return torch.stack([img for img, _ in items])
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write, fsync, then rename: the old file stays intact until the new one is complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at '{path}'; start without --resume (or with --force to overwrite)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise UserError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}); it is damaged: rerun with --force") from None
+
+
+# ---------------------------------------------------------------- the loop
+
+class Trainer:
+    """Pretrains `recipe` into run folder `out`."""
+
+    def __init__(self, recipe: Recipe, out: Path, console: Optional[Console] = None):
+        self.recipe = recipe
+        self.out = out
+        self.console = console or Console(stderr=True)
+        self.device = select_device(recipe.train.device)
+        self.dtype = autocast_dtype(recipe.train.precision, self.device)
+        self._stop_signal: Optional[int] = None
+
+    # -- set-up
+    def open_data(self) -> DataSource:
+        d = self.recipe.data
+        ds = open_source(
+            d.source, d.image_size, seed=self.recipe.train.seed, root=d.root, purpose="pretrain",
+            synthetic_train=d.synthetic_train, synthetic_val=d.synthetic_val, cache_max_gb=d.cache_max_gb,
+        )
+        if len(ds.train) < self.recipe.train.batch_size:
+            raise UserError(
+                f"train.batch_size {self.recipe.train.batch_size} is larger than the {len(ds.train)} training images "
+                f"of '{d.source}'; pass --batch-size {max(1, len(ds.train) // 2)} or less"
+            )
+        return ds
+
+    def build(self, ds: DataSource) -> tuple[Method, BackboneInfo]:
+        r = self.recipe
+        torch.manual_seed(r.train.seed)
+        backbone, info = create_backbone(r.backbone.name, r.backbone.small_input, ds.image_size)
+        info = replace(info, method=r.method.name)
+        method_cls = get_method(r.method.name)
+        method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size).to(self.device)
+        if r.train.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        return method, info
+
+    # -- signals
+    @contextlib.contextmanager
+    def _catch_signals(self):
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def run(self, resume: bool = False) -> dict:
+        r = self.recipe
+        ds = self.open_data()
+        method, info = self.build(ds)
+        optimizer = build_optimizer(method, r)
+        steps_per_epoch = len(ds.train) // r.train.batch_size
+        total_steps = steps_per_epoch * r.train.epochs
+        warmup = int(round(r.optim.warmup_epochs * steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total_steps, warmup, r.optim.schedule, r.optim.final_lr_fraction)
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        aug_gen = torch.Generator(device=self.device).manual_seed(r.train.seed + 1)
+        workers = self._workers(ds.train)
+
+        ckpt_dir = self.out / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        start_epoch, start_step, global_step = 0, 0, 0
+        if resume:
+            ckpt = load_checkpoint(ckpt_dir / "last.pt")
+            self._check_compatible(ckpt)
+            method.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            aug_gen.set_state(ckpt["rng"]["augment"])
+            if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+            start_epoch, start_step, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+            self._trim_metrics(global_step)
+            self.console.print(f"resuming from epoch {start_epoch}, step {global_step}")
+        (self.out / "recipe.yaml").write_text(r.to_yaml())
+
+        def save(epoch: int, step_in_epoch: int) -> None:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "method": r.method.name,
+                "backbone": r.backbone.name,
+                "recipe": r.to_dict(),
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "rng": {"torch": torch.get_rng_state(), "augment": aug_gen.get_state()},
+            }
+            if self.device.type == "cuda":
+                state["rng"]["cuda"] = torch.cuda.get_rng_state()
+            atomic_torch_save(state, ckpt_dir / "last.pt")
+            if step_in_epoch == 0 and r.train.keep_every and epoch % r.train.keep_every == 0:
+                atomic_torch_save(state, ckpt_dir / f"epoch-{epoch}.pt")
+            save_backbone(method.backbone, replace(info, epoch=epoch), self.out)
+
+        metrics_file = open(self.out / "metrics.jsonl", "a")
+        progress = self._progress()
+        task = progress.add_task("pretrain", total=total_steps, completed=global_step, loss=float("nan"), lr=0.0, ips=0.0)
+        history: list[dict] = []
+        started = time.time()
+        try:
+            with self._catch_signals(), progress:
+                for epoch in range(start_epoch, r.train.epochs):
+                    method.train()
+                    order = epoch_order(len(ds.train), r.train.seed, epoch)
+                    sums: dict[str, float] = {}
+                    count = 0
+                    epoch_start, seen = time.time(), 0
+                    first = start_step if epoch == start_epoch else 0
+                    for step, images in enumerate(iterate_batches(ds.train, order, r.train.batch_size, first, workers), first):
+                        t0 = time.time()
+                        loss, metrics = self._step(method, images, aug_gen, optimizer, scaler)
+                        if not math.isfinite(loss):
+                            raise TrainingError(
+                                f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; the last good checkpoint "
+                                f"is kept in {ckpt_dir}; lower optim.lr (now {r.optim.lr}) or use --set train.precision=fp32"
+                            )
+                        scheduler.step()
+                        global_step += 1
+                        method.on_step_end(global_step / total_steps)
+                        seen += images.shape[0]
+                        count += 1
+                        for k, v in {"loss": loss, **metrics}.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        lr = optimizer.param_groups[0]["lr"]
+                        ips = images.shape[0] / max(1e-9, time.time() - t0)
+                        progress.update(task, advance=1, loss=loss, lr=lr, ips=ips)
+                        if global_step % r.train.log_every == 0:
+                            self._log(metrics_file, {"step": global_step, "epoch": epoch + (step + 1) / steps_per_epoch,
+                                                     "loss": loss, "lr": lr, "images_per_s": ips, **metrics})
+                        if self._stop_signal is not None and step + 1 < steps_per_epoch:
+                            save(epoch, step + 1)
+                            raise Interrupted(f"interrupted at epoch {epoch + 1}, step {global_step}; checkpoint saved")
+                    elapsed = time.time() - epoch_start
+                    record = {"epoch": epoch + 1, "step": global_step, **{k: v / max(1, count) for k, v in sums.items()},
+                              "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(1e-9, elapsed),
+                              "epoch_seconds": elapsed}
+                    self._log(metrics_file, record)
+                    history.append(record)
+                    shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
+                    progress.console.print(f"epoch {epoch + 1}/{r.train.epochs}  {shown}", soft_wrap=True)
+                    if (epoch + 1) % r.train.checkpoint_every == 0 or epoch + 1 == r.train.epochs or self._stop_signal:
+                        save(epoch + 1, 0)
+                    if self._stop_signal is not None and epoch + 1 < r.train.epochs:
+                        raise Interrupted(f"interrupted after epoch {epoch + 1}, step {global_step}; checkpoint saved")
+        finally:
+            metrics_file.close()
+        save_backbone(method.backbone, replace(info, epoch=r.train.epochs), self.out)
+        return {
+            "out": str(self.out),
+            "method": r.method.name,
+            "backbone": str(self.out / "backbone.safetensors"),
+            "epochs": r.train.epochs,
+            "steps": global_step,
+            "seconds": round(time.time() - started, 2),
+            "final": history[-1] if history else None,
+        }
+
+    def _step(self, method: Method, images, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
+        images = images.to(self.device, non_blocking=True)
+        views = method.make_views(images, gen)
+        if self.recipe.train.channels_last:
+            views = _channels_last(views)
+        with autocast(self.device, self.dtype):
+            loss, metrics = method.training_step(views)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach()), {k: float(v) for k, v in metrics.items()}
+
+    def _workers(self, split: Split) -> int:
+        w = self.recipe.data.workers
+        if w != "auto":
+            return int(w)
+        return 0 if split.images is not None else min(4, max(1, (os.cpu_count() or 2) - 1))
+
+    def _check_compatible(self, ckpt: dict) -> None:
+        r = self.recipe
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UserError("checkpoint format is not one this sslcli version reads; start a new run with --force")
+        if ckpt.get("method") != r.method.name or ckpt.get("backbone") != r.backbone.name:
+            raise UserError(
+                f"checkpoint is from method '{ckpt.get('method')}' with backbone '{ckpt.get('backbone')}', but the recipe "
+                f"asks for '{r.method.name}' with '{r.backbone.name}'; resume with the run's own recipe.yaml"
+            )
+
+    def _trim_metrics(self, global_step: int) -> None:
+        """Drop records written after the checkpoint we resume from, so none appears twice."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= global_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    @staticmethod
+    def _log(f, record: dict) -> None:
+        f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
+        f.flush()
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4f}  {task.fields[ips]:.0f} img/s"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+
+
+def _channels_last(views):
+    if isinstance(views, torch.Tensor):
+        return views.contiguous(memory_format=torch.channels_last) if views.ndim == 4 else views
+    if isinstance(views, (list, tuple)):
+        return type(views)(_channels_last(v) for v in views)
+    return views

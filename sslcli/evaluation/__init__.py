@@ -1,0 +1,1 @@
+"""Evaluation: feature extraction, weighted kNN (probe, finetune and neighbour grids come later)."""

@@ -1,0 +1,1 @@
+"""Method plugins, one file each, on the shared base in base.py."""

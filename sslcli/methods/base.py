@@ -1,0 +1,57 @@
+"""The shared base of every method plugin.
+
+A plugin declares its recipe keys (a `Config` dataclass), which views it makes from a batch of
+uint8 images (`make_views`), its heads (as submodules), and `training_step(views)` returning the
+loss and a dict of metrics. State that must survive a resume (queues, memory banks, momentum
+encoders) lives in modules or registered buffers, so the engine checkpoints it with the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..recipe import MethodConfig, Recipe
+
+StepOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+    description: ClassVar[str] = ""
+    data_kind: ClassVar[str] = "images"  # what it trains on: images (later: video, audio-video)
+    uses_labels: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig, recipe: Recipe, backbone: nn.Module, feature_dim: int, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.recipe = recipe
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.image_size = image_size
+        crop = recipe.augment.crop_size
+        self.crop_size = image_size if crop == "auto" else int(crop)
+
+    def make_views(self, images: torch.Tensor, gen: torch.Generator) -> Any:
+        """Turn a batch of uint8 images (on the training device) into this method's inputs."""
+        raise NotImplementedError
+
+    def training_step(self, views: Any) -> StepOutput:
+        raise NotImplementedError
+
+    def on_step_end(self, progress: float) -> None:
+        """Called after each optimiser step with the fraction of training done (momentum updates)."""
+
+
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """Linear-BN-ReLU blocks then a final Linear: the SimCLR/MoCo v2 projection head."""
+    blocks: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    blocks.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*blocks)

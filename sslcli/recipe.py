@@ -1,0 +1,323 @@
+"""Recipes: a strict, typed description of a run, loaded from YAML with `--set` overrides.
+
+Every section is a dataclass with defaults. Unknown keys are refused with a did-you-mean,
+values of the wrong type are refused naming the key and the type expected, and the resolved
+recipe is written back as YAML that reproduces the run with `--recipe`.
+This module does not import torch, so recipe errors are reported instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+import yaml
+
+from .errors import UserError, did_you_mean
+
+
+
+def _recipes_dir() -> Path:
+    """recipes/ of a source checkout, else the copy installed inside the package."""
+    source = Path(__file__).resolve().parent.parent / "recipes"
+    if source.is_dir():
+        return source
+    from importlib.resources import files
+
+    return Path(str(files("sslcli.recipes")))
+
+
+RECIPES_DIR = _recipes_dir()
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with a default, a help line and optional bounds (`min`, `max`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class MethodConfig:
+    """Keys every method shares; each method plugin subclasses this with its own keys."""
+
+    name: str = option("", "method plugin name (see `sslcli methods`)")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = option("resnet18", "any timm model name")
+    small_input: Union[bool, Literal["auto"]] = option(
+        "auto",
+        "3x3 stride-1 first conv and no max-pool; auto: on for inputs of 32 px and less",
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = option("synthetic:shapes", "synthetic:shapes, an image folder, cifar10, cifar100 or stl10")
+    image_size: Union[int, Literal["auto"]] = option(
+        "auto", "side of the square images the network sees; auto: the source's own size", min=8
+    )
+    root: Union[str, None] = option(None, "where torchvision datasets live (cifar10, cifar100, stl10)")
+    workers: Union[int, Literal["auto"]] = option("auto", "data loading processes; auto: 0 when in memory", min=0)
+    cache_max_gb: float = option(4.0, "decode the dataset once into memory when it takes less than this", min=0)
+    synthetic_train: int = option(2000, "synthetic sources: training images to generate", min=1)
+    synthetic_val: int = option(500, "synthetic sources: validation images to generate", min=1)
+
+
+@dataclass
+class AugmentConfig:
+    crop_size: Union[int, Literal["auto"]] = option(
+        "auto", "side of the training views; auto: data.image_size (smaller views train faster)", min=8
+    )
+    crop_scale: list[float] = option([0.2, 1.0], "random resized crop area range, fractions of the image")
+    crop_ratio: list[float] = option([0.75, 1.3333333], "random resized crop aspect ratio range")
+    flip: float = option(0.5, "probability of a horizontal flip", min=0, max=1)
+    color_jitter: float = option(0.4, "colour jitter strength s (brightness, contrast, saturation 0.8s, hue 0.2s)", min=0)
+    color_jitter_prob: float = option(0.8, "probability of colour jitter", min=0, max=1)
+    grayscale: float = option(0.2, "probability of converting to grayscale", min=0, max=1)
+    blur: float = option(0.0, "probability of a Gaussian blur", min=0, max=1)
+    blur_sigma: list[float] = option([0.1, 2.0], "Gaussian blur sigma range, in pixels at 224 px (scaled)")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = option("sgd", "optimiser")
+    lr: float = option(0.3, "base learning rate (scaled by lr_scaling)", min=0)
+    lr_scaling: Literal["linear", "sqrt", "none"] = option(
+        "linear", "linear: lr*batch/256; sqrt: lr*sqrt(batch/256); none: lr as given"
+    )
+    momentum: float = option(0.9, "SGD/LARS momentum, AdamW beta1", min=0, max=1)
+    weight_decay: float = option(1.0e-4, "weight decay (not applied to biases and norm layers)", min=0)
+    warmup_epochs: float = option(2.0, "linear warmup from 0, in epochs", min=0)
+    schedule: Literal["cosine", "constant"] = option("cosine", "learning rate schedule after warmup")
+    final_lr_fraction: float = option(0.0, "cosine ends at lr times this", min=0, max=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(30, "passes over the training data", min=1)
+    batch_size: int = option(128, "images per step", min=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "auto: bf16 autocast on CPUs with bf16 support, fp16 AMP on CUDA"
+    )
+    seed: int = option(0, "seed for weights, data order and augmentation")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available")
+    checkpoint_every: int = option(1, "epochs between checkpoints/last.pt writes", min=1)
+    keep_every: int = option(0, "also keep checkpoints/epoch-N.pt every N epochs (0: never)", min=0)
+    log_every: int = option(20, "steps between metrics.jsonl step records", min=1)
+    channels_last: bool = option(True, "NHWC memory format (faster convolutions on CPU and GPU)")
+
+
+SECTIONS: dict[str, type] = {
+    "backbone": BackboneConfig,
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass
+class Recipe:
+    method: MethodConfig
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in ("method", *SECTIONS)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# ---------------------------------------------------------------- type checking
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+_NO = object()
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` as type `tp`, or _NO when it does not fit."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value if value in typing.get_args(tp) else _NO
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            out = _coerce(value, arg)
+            if out is not _NO:
+                return out
+        return _NO
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        (item_tp,) = typing.get_args(tp)
+        items = [_coerce(v, item_tp) for v in value]
+        return _NO if any(i is _NO for i in items) else items
+    if tp is type(None):
+        return None if value is None else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    raise TypeError(f"unsupported recipe type {tp}")
+
+
+def build_section(cls: type, raw: Any, section: str) -> Any:
+    """Instantiate dataclass `cls` from `raw`, refusing unknown keys and wrong types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe section '{section}' must be a mapping of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise UserError(
+                f"unknown recipe key '{section}.{key}'{did_you_mean(key, fields)}; "
+                f"keys of '{section}': {', '.join(fields)}"
+            )
+        out = _coerce(value, hints[key])
+        if out is _NO:
+            raise UserError(f"recipe key '{section}.{key}' must be {_type_name(hints[key])}, got {value!r}")
+        meta = fields[key].metadata
+        for number in out if isinstance(out, list) else [out]:
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                if "min" in meta and number < meta["min"]:
+                    raise UserError(f"recipe key '{section}.{key}' must be at least {meta['min']}, got {value!r}")
+                if "max" in meta and number > meta["max"]:
+                    raise UserError(f"recipe key '{section}.{key}' must be at most {meta['max']}, got {value!r}")
+        values[key] = out
+    return cls(**values)
+
+
+# ---------------------------------------------------------------- loading
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` as (['a', 'b'], value), the value read as a YAML scalar."""
+    if "=" not in item:
+        raise UserError(f"--set '{item}' has no '='; write it as --set section.key=value, e.g. --set train.epochs=5")
+    key, _, text = item.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) != 2:
+        raise UserError(f"--set '{item}': the key must be section.key, e.g. optim.lr, got '{key}'")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[list[str], Any]]) -> dict:
+    for (section, key), value in overrides:
+        known = ("method", *SECTIONS)
+        if section not in known:
+            raise UserError(f"unknown recipe section '{section}'{did_you_mean(section, known)}; sections: {', '.join(known)}")
+        node = raw.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise UserError(f"recipe section '{section}' must be a mapping")
+        node[key] = value
+    return raw
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file path, or the bundled recipe of that name."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"recipe file '{path}' does not exist; give a YAML file or a bundled name (see `sslcli recipes`)")
+        return path
+    bundled = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        names = bundled_recipes()
+        raise UserError(
+            f"no recipe named '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+            f"bundled: {', '.join(names)}, or give a path to a .yaml file"
+        )
+    return bundled
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"YAML syntax error in '{path}'{where}: {problem}; fix the file and rerun") from None
+    except OSError as exc:
+        raise UserError(f"cannot read recipe '{path}': {exc.strerror}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe '{path}' must be a mapping with sections method, backbone, data, augment, optim, train")
+    return raw
+
+
+def resolve_recipe(
+    raw: dict,
+    method_config: Callable[[str], type],
+) -> Recipe:
+    """Validate a raw nested dict into a Recipe; `method_config(name)` gives a method's dataclass."""
+    known = ("method", *SECTIONS)
+    for section in raw:
+        if section not in known:
+            raise UserError(f"unknown recipe section '{section}'{did_you_mean(section, known)}; sections: {', '.join(known)}")
+    method_raw = raw.get("method") or {}
+    if not isinstance(method_raw, dict):
+        raise UserError("recipe section 'method' must be a mapping with at least 'name'")
+    name = method_raw.get("name")
+    if not name:
+        raise UserError("the recipe names no method; pass --method NAME or set method.name (see `sslcli methods`)")
+    method = build_section(method_config(str(name)), method_raw, "method")
+    sections = {s: build_section(cls, raw.get(s), s) for s, cls in SECTIONS.items()}
+    recipe = Recipe(method=method, **sections)
+    _check_consistency(recipe)
+    return recipe
+
+
+def _check_consistency(recipe: Recipe) -> None:
+    for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        pair = getattr(recipe.augment, key)
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise UserError(f"recipe key 'augment.{key}' must be two positive numbers [low, high] with low <= high, got {pair}")
+    if recipe.augment.crop_scale[1] > 1:
+        raise UserError(f"recipe key 'augment.crop_scale' must lie within (0, 1], got {recipe.augment.crop_scale}")

@@ -1,0 +1,38 @@
+import pytest
+import timm
+import torch
+
+from sslcli.backbones import create_backbone, load_model, save_backbone
+from sslcli.errors import UserError
+
+
+def test_small_input_stem():
+    model, info = create_backbone("resnet18", "auto", 32)
+    assert info.small_input and model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    big, info64 = create_backbone("resnet18", "auto", 64)
+    assert not info64.small_input and big.conv1.stride == (2, 2)
+
+
+def test_weights_load_into_plain_timm_without_renaming(tmp_path):
+    model, info = create_backbone("resnet18", False, 64)
+    save_backbone(model, info, tmp_path)
+    plain = timm.create_model("resnet18", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "backbone.safetensors")))
+    x = torch.randn(2, 3, 64, 64)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain.forward_head(plain.forward_features(x), pre_logits=True), model(x), atol=1e-5)
+    again, again_info = load_model(str(tmp_path))
+    assert again_info == info
+    assert torch.equal(again.layer4[1].conv2.weight, model.layer4[1].conv2.weight)
+
+
+def test_unknown_names():
+    with pytest.raises(UserError, match="did you mean 'resnet18'"):
+        create_backbone("resnt18")
+    with pytest.raises(UserError, match="random:resnet18"):
+        load_model("random:")
+    with pytest.raises(UserError, match="does not exist"):
+        load_model("no/such/run")

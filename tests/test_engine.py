@@ -1,0 +1,108 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslcli.engine import LARS, epoch_order, lr_factor
+
+from conftest import TINY
+
+
+def epoch_records(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "epoch_seconds" in r]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(str(a / "backbone.safetensors")), load_file(str(b / "backbone.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_factor(0, 100, 10, "cosine", 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine", 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(70, 100, 10, "constant", 0.0) == 1.0
+
+
+def test_lars_trust_ratio_by_hand():
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # |p| = 5
+    p.grad = torch.tensor([0.0, 2.0])  # |g| = 2 -> ratio 0.1 * 5 / 2 = 0.25
+    LARS([{"params": [p], "weight_decay": 0.0}], lr=1.0, momentum=0.0, trust=0.1).step()
+    assert torch.allclose(p.detach(), torch.tensor([3.0, 3.5]))
+    q = torch.nn.Parameter(torch.tensor([1.0]))
+    q.grad = torch.tensor([2.0])
+    LARS([{"params": [q], "weight_decay": 0.0, "lars": False}], lr=0.5, momentum=0.0).step()
+    assert torch.allclose(q.detach(), torch.tensor([0.0]))  # plain SGD for excluded groups
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+    assert torch.equal(epoch_order(50, 0, 3), epoch_order(50, 0, 3))
+    assert not torch.equal(epoch_order(50, 0, 3), epoch_order(50, 0, 4))
+    assert sorted(epoch_order(50, 1, 0).tolist()) == list(range(50))
+
+
+def test_simclr_short_run_learns(cli, tmp_path):
+    r = cli("pretrain", "--method", "simclr", "--out", tmp_path / "run", "--epochs", "8", *TINY,
+            "--set", "data.synthetic_train=128", "--set", "optim.warmup_epochs=1")
+    assert r.code == 0, r.err
+    records = epoch_records(tmp_path / "run")
+    assert len(records) == 8
+    assert records[-1]["loss"] < records[0]["loss"] - 0.1
+
+
+def test_rotation_short_run_learns(cli, tmp_path):
+    r = cli("pretrain", "--method", "rotation", "--out", tmp_path / "run", "--epochs", "8", *TINY,
+            "--set", "data.synthetic_train=128")
+    assert r.code == 0, r.err
+    records = epoch_records(tmp_path / "run")
+    assert records[-1]["rotation_acc"] > records[0]["rotation_acc"] + 0.15
+    assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_sigint_mid_epoch_then_resume_matches_straight_run(cli, tmp_path, monkeypatch):
+    from sslcli.methods.rotation import Rotation
+
+    args = ["pretrain", "--method", "rotation", "--epochs", "2", *TINY]
+    assert cli(*args, "--out", tmp_path / "straight").code == 0
+
+    def interrupt_at_step_4(self, progress):  # 3 steps an epoch: step 4 is mid epoch 2
+        if round(progress * 6) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(Rotation, "on_step_end", interrupt_at_step_4)
+        r = cli(*args, "--out", tmp_path / "resumed")
+    assert r.code == 130 and "checkpoint saved" in r.err
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 1, 4)
+    r = cli(*args, "--out", tmp_path / "resumed", "--resume")
+    assert r.code == 0, r.err
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed")
+    epochs = [r["epoch"] for r in epoch_records(tmp_path / "resumed")]
+    assert epochs == [1, 2]  # no record written twice across the interruption
+
+
+def test_kill_9_after_first_checkpoint_then_resume_is_exact(tmp_path):
+    cmd = [sys.executable, "-m", "sslcli", "pretrain", "--method", "simclr", "--epochs", "4", *TINY]
+    subprocess.run(cmd + ["--out", str(tmp_path / "straight")], check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = subprocess.run(cmd + ["--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert same_weights(tmp_path / "straight", tmp_path / "killed")
