@@ -51,8 +51,7 @@ def _apply_small_input_stem(model: nn.Module, name: str) -> None:
     )
 
 
-def create_backbone(name: str, small_input=False, image_size: int = 224) -> tuple[nn.Module, BackboneInfo]:
-    """A randomly initialised timm model that maps images to pooled features (no classifier)."""
+def check_backbone_name(name: str) -> None:
     import timm
 
     if not timm.is_model(name):
@@ -60,6 +59,13 @@ def create_backbone(name: str, small_input=False, image_size: int = 224) -> tupl
             f"unknown backbone '{name}'{did_you_mean(name, timm.list_models())}; "
             f"any timm model name works, e.g. resnet18, resnet50, convnext_tiny"
         )
+
+
+def create_backbone(name: str, small_input=False, image_size: int = 224) -> tuple[nn.Module, BackboneInfo]:
+    """A randomly initialised timm model that maps images to pooled features (no classifier)."""
+    import timm
+
+    check_backbone_name(name)
     model = timm.create_model(name, pretrained=False, num_classes=0)
     small = resolve_small_input(small_input, image_size)
     if small:
@@ -102,15 +108,8 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, BackboneInfo]:
-    """MODEL as the commands take it: a run folder, a backbone.safetensors file, or random:TIMM_NAME.
-
-    `image_size` is used for `random:` models (whose stem depends on it)."""
-    if spec.startswith("random:"):
-        name = spec[len("random:"):]
-        if not name:
-            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
-        return create_backbone(name, "auto", image_size or 224)
+def read_weights(spec: str) -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
+    """The weights and backbone.json of a run folder or a backbone.safetensors file."""
     path = Path(spec)
     if not path.exists():
         raise UserError(
@@ -130,14 +129,46 @@ def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, Bac
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    model, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise UserError(f"cannot read weights '{weights}' ({exc}); the file is damaged, rerun or re-copy it") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    return state, info, weights
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path, name: str) -> None:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    unexpected = [k for k in unexpected if not k.startswith(f"{cfg.get('classifier')}.")]
+    state = {k: v for k, v in state.items() if not k.startswith(f"{cfg.get('classifier')}.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise UserError(f"weights '{weights}' do not fit {name}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise UserError(f"weights '{weights}' do not fit {info.timm_name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(f"weights '{weights}' do not fit {name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_weights_into(model: nn.Module, info: BackboneInfo, spec: str) -> BackboneInfo:
+    """Copy the weights of run folder / file `spec` into `model`, refusing another architecture."""
+    state, saved, weights = read_weights(spec)
+    if (saved.timm_name, saved.small_input) != (info.timm_name, info.small_input):
+        raise UserError(
+            f"backbone.weights '{spec}' are a {saved.timm_name} (small_input={saved.small_input}), but the recipe builds "
+            f"a {info.timm_name} (small_input={info.small_input}); set backbone.name and backbone.small_input to match"
+        )
+    _load_state(model, state, weights, info.timm_name)
+    return saved
+
+
+def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, BackboneInfo]:
+    """MODEL as the commands take it: a run folder, a backbone.safetensors file, or random:TIMM_NAME.
+
+    `image_size` is used for `random:` models (whose stem depends on it)."""
+    if spec.startswith("random:"):
+        name = spec[len("random:"):]
+        if not name:
+            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+        return create_backbone(name, "auto", image_size or 224)
+    state, info, weights = read_weights(spec)
+    model, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
+    _load_state(model, state, weights, info.timm_name)
     return model, info

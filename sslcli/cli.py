@@ -3,11 +3,12 @@ modules (torch, timm) only when they run, so `sslcli --help` answers at once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -42,17 +43,51 @@ def _emit(result: dict, as_json: bool) -> None:
         sys.stdout.flush()
 
 
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from . import __version__
 
         typer.echo(f"sslcli {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _state["debug"] = debug
+
+
+def command(*args, **kwargs):
+    """`app.command` whose errors follow the contract: bad input is one line on stderr and exit
+    code 2 (1 when the run itself failed), an interrupt exits 130."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except UserError as exc:
+                if _state["debug"]:
+                    raise
+                print(f"error: {exc}", file=sys.stderr)
+                raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                raise typer.Exit(130) from None
+            except Exception as exc:
+                from .engine import Interrupted
+
+                if not isinstance(exc, Interrupted):
+                    raise
+                print(str(exc), file=sys.stderr)
+                raise typer.Exit(130) from None
+
+        return app.command(*args, **kwargs)(run)
+
+    return register
 
 
 # ---------------------------------------------------------------- pretrain
@@ -86,28 +121,36 @@ def _load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional
     return raw
 
 
-def _prepare_out(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to mix runs: a non-empty folder needs --resume or --force."""
-    import shutil
+def _check_out(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to mix runs (a non-empty folder needs --resume or --force) without touching anything."""
+    import os
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder path")
-    busy = out.is_dir() and any(out.iterdir())
     if resume:
         if not (out / "checkpoints" / "last.pt").is_file():
             raise UserError(f"--resume: no checkpoint at '{out / 'checkpoints' / 'last.pt'}'; run without --resume to start")
         return
-    if busy and not force:
+    if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out '{out}' is not empty; pass --resume to continue that run or --force to replace it")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out '{out}' is not writable ('{existing}' denies writing); choose another folder")
+
+
+def _create_out(out: Path, force: bool) -> None:
+    """Make the run folder; with --force, remove the files of the run it held."""
+    import shutil
+
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".sslcli-write-test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as exc:
-        raise UserError(f"--out '{out}' is not writable ({exc.strerror}); choose another folder") from None
-    if busy and force:
-        for name in ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json"):
+        raise UserError(f"--out '{out}' cannot be created ({exc.strerror}); choose another folder") from None
+    if force:
+        for name in ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json",
+                     "curves.png", "eval.json"):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -115,7 +158,7 @@ def _prepare_out(out: Path, resume: bool, force: bool) -> None:
                 target.unlink()
 
 
-@app.command()
+@command()
 def pretrain(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method plugin; alone it uses the bundled recipe of that name."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="A recipe YAML file or a bundled recipe name."),
@@ -152,56 +195,183 @@ def pretrain(
         if resume:
             raise UserError("--resume needs --out, the run folder to continue")
         out = Path("runs") / f"{resolved.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _prepare_out(out, resume, force)
+    _check_out(out, resume, force)
 
     from .engine import Trainer
 
     console = _stderr()
-    console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}")
-    result = Trainer(resolved, out, console).run(resume=resume)
+    trainer = Trainer(resolved, out, console)
+    trainer.prepare()  # data and device checked before anything is written
+    _create_out(out, force and not resume)
+    console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)
+    result = trainer.run(resume=resume)
     if not as_json:
         console.print(f"done in {result['seconds']:.0f} s; backbone: {result['backbone']}")
     _emit(result, as_json)
 
 
-# ---------------------------------------------------------------- knn
+# ---------------------------------------------------------------- evaluation
 
-@app.command()
+DEVICE_HELP = "auto, cpu or cuda."
+
+
+@command()
 def knn(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    data: str = typer.Option("synthetic:shapes", "--data", "-d", help=DATA_HELP),
-    k: int = typer.Option(20, "--k", min=1, help="Neighbours that vote."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    k: str = typer.Option("20", "--k", help="Neighbours that vote; a list such as 10,20,50 sweeps in one feature pass."),
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="Vote weight exp(similarity / T)."),
+    layer: str = typer.Option("last", "--layer", help="last (the pooled output) or a layer name such as layer3."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per feature-extraction batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Weighted kNN accuracy of a backbone's features, from the train split to the val split.
 
     [dim]Example: sslcli knn runs/a --data synthetic:shapes --json[/dim]
     """
-    from .evaluation.run import run_knn
+    from .evaluation.run import default_data, run_knn
 
-    result = run_knn(model, data, k=k, temperature=temperature, batch_size=batch_size, device=device)
+    data = default_data(model, data)
+    result = run_knn(model, data, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device)
     if not as_json:
-        from rich.table import Table
+        rows = [{**row, "top1": f"{row['top1']:.4f}", "top5": f"{row['top5']:.4f}"} for row in result.get("sweep", [result])]
+        _table(f"kNN  {model} on {data}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
+               {"k": "k", "top1": "top-1", "top5": "top-5"}, rows)
+    _emit(result, as_json)
 
-        table = Table(title=f"kNN  {model} on {data}")
-        for col in ("top-1", "top-5", "k", "T", "train", "val"):
-            table.add_column(col, justify="right")
-        table.add_row(f"{result['top1']:.4f}", f"{result['top5']:.4f}", str(k), f"{temperature:g}",
-                      str(result["n_train"]), str(result["n_val"]))
-        _stderr().print(table)
+
+@command()
+def probe(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    layers: str = typer.Option("last", "--layers", help="last, all, or names as timm reports them: stem,layer1,...,layer4."),
+    epochs: int = typer.Option(100, "--epochs", min=1, help="Epochs of each linear classifier on the cached features."),
+    lr: float = typer.Option(1e-3, "--lr", min=0, help="AdamW learning rate (features are standardised)."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", min=0, help="AdamW weight decay."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Classifier batch size."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy per layer into this PNG file."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Linear probes on frozen features, one per layer: features are extracted once, then a
+    linear classifier per layer is trained on train and reported on val.
+
+    [dim]Example: sslcli probe runs/a --data synthetic:shapes --layers all --json[/dim]
+    """
+    from .evaluation.run import default_data, run_probe
+
+    data = default_data(model, data)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UserError(f"--plot '{plot}' must end in .png")
+    result = run_probe(model, data, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                       batch_size=batch_size, device=device)
+    if plot is not None:
+        from .evaluation.plots import plot_probe
+
+        result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {data}"))
+    if not as_json:
+        rows = [{**row, "top1": f"{row['top1']:.4f}", "top5": f"{row['top5']:.4f}"} for row in result["layers"]]
+        _table(f"linear probe  {model} on {data}  ({result['n_train']} train, {result['n_val']} val, "
+               f"{result['seconds']:.0f} s)", {"layer": "layer", "dims": "dims", "top1": "top-1", "top5": "top-5"}, rows)
+    _emit(result, as_json)
+
+
+@command()
+def finetune(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    fraction: float = typer.Option(1.0, "--fraction", min=1e-6, max=1.0, help="Train on this class-balanced fraction of the labels (0.01, 0.1: semi-supervised)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (train.epochs)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/finetune-TIMESTAMP)."),
+    recipe: str = typer.Option("finetune", "--recipe", "-r", help="Recipe file or bundled name."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (train.batch_size)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override any recipe key (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace the run in a non-empty --out."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Fine-tune the whole network with labels from the model's weights and a new linear head,
+    through the same engine and recipes as pretraining; reports val top-1/top-5.
+
+    [dim]Example: sslcli finetune runs/a --data synthetic:shapes --fraction 0.1 --json[/dim]
+    """
+    from .evaluation.run import default_data
+    from .recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
+
+    overrides = [parse_set(item) for item in set_]
+    raw = read_yaml(find_recipe(recipe))
+    data = default_data(model, data)
+    if model.startswith("random:"):
+        model_keys = {("backbone", "name"): model[len("random:"):], ("backbone", "weights"): None}
+        if not model_keys[("backbone", "name")]:
+            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+    else:
+        from .backbones import read_weights
+
+        _, info, weights = read_weights(model)
+        model_keys = {("backbone", "name"): info.timm_name, ("backbone", "small_input"): info.small_input,
+                      ("backbone", "weights"): str(weights), ("data", "image_size"): info.input_size}
+    shortcuts = {**model_keys, ("data", "source"): data, ("data", "fraction"): fraction, ("train", "epochs"): epochs,
+                 ("train", "batch_size"): batch_size, ("train", "device"): device}
+    overrides = [(list(key), value) for key, value in shortcuts.items() if value is not None or key[1] == "weights"] + overrides
+    from .registry import get_method
+
+    resolved = resolve_recipe(apply_overrides(raw, overrides), lambda name: get_method(name).Config)
+    out = out or Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out, False, force)
+
+    from .engine import Trainer
+    from .evaluation.run import classifier_accuracy
+
+    console = _stderr()
+    trainer = Trainer(resolved, out, console)
+    trainer.prepare()
+    _create_out(out, force)
+    console.print(f"fine-tuning {model} on {data} (fraction {fraction:g}) -> {out}", soft_wrap=True)
+    trained = trainer.run()
+    scores = classifier_accuracy(trainer.method, trainer.data.val, trainer.device)
+    result = {**scores, "model": model, "data": data, "fraction": fraction, "n_train": len(trainer.data.train),
+              "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
+              "seconds": trained["seconds"]}
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not as_json:
+        _table(f"fine-tune  {model} on {data}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
+                                                 "top5": "val top-5"}, [result])
+    _emit(result, as_json)
+
+
+@command("visualize-neighbours")
+def visualize_neighbours(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    out: Path = typer.Option(..., "--out", "-o", help="The PNG file to write."),
+    queries: int = typer.Option(8, "--queries", min=1, help="Random val images to query (by --seed)."),
+    query: List[str] = typer.Option([], "--query", help="An image file to query instead (repeatable)."),
+    k: int = typer.Option(8, "--k", min=1, help="Neighbours shown per query."),
+    seed: int = typer.Option(0, "--seed", help="Which random val images are queried."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """A picture of nearest neighbours: one row per query, then its k nearest training images,
+    captioned with class and similarity, framed green (same class) or red (different).
+
+    [dim]Example: sslcli visualize-neighbours runs/a --data synthetic:shapes --out grid.png[/dim]
+    """
+    from .evaluation.run import default_data, run_neighbours
+
+    data = default_data(model, data)
+    result = run_neighbours(model, data, out, queries=queries, k=k, query_files=query, seed=seed, device=device)
+    if not as_json:
+        _stderr().print(f"wrote {result['out']} ({result['queries']} queries x {k} neighbours; "
+                        f"{result['same_class_fraction']:.0%} of neighbours share the query's class)")
     _emit(result, as_json)
 
 
 # ---------------------------------------------------------------- listings
 
-def _listing(title: str, columns: dict[str, str], rows: list[dict], key: str, as_json: bool) -> None:
-    """Print `rows` as one JSON object under `key`, or as a table of `columns` (field -> heading)."""
-    if as_json:
-        _emit({key: rows}, True)
-        return
+def _table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
+    """A rich table of `columns` (field -> heading) on stderr."""
     from rich.table import Table
 
     table = Table(title=title)
@@ -212,7 +382,15 @@ def _listing(title: str, columns: dict[str, str], rows: list[dict], key: str, as
     _stderr().print(table)
 
 
-@app.command()
+def _listing(title: str, columns: dict[str, str], rows: list[dict], key: str, as_json: bool) -> None:
+    """`rows` as one JSON object under `key`, or as a table."""
+    if as_json:
+        _emit({key: rows}, True)
+    else:
+        _table(title, columns, rows)
+
+
+@command()
 def methods(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Every method plugin, the data it takes, and what it learns."""
     from .registry import all_methods
@@ -221,7 +399,7 @@ def methods(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> No
     _listing("methods", {"name": "name", "data": "data", "description": "what it learns"}, rows, "methods", as_json)
 
 
-@app.command()
+@command()
 def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Every bundled recipe (use one with --recipe NAME)."""
     from .recipe import RECIPES_DIR, bundled_recipes, read_yaml
@@ -243,33 +421,5 @@ def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> No
 # ---------------------------------------------------------------- entry point
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Run the CLI: bad input is one line on stderr and exit code 2, an interrupt exits 130."""
-    import click
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    command = typer.main.get_command(app)
-    code: Any = 0
-    try:
-        command.main(args=args, prog_name="sslcli", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except UserError as exc:
-        if _state["debug"]:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        code = getattr(exc, "exit_code", 2)
-    except Exception as exc:
-        from .engine import Interrupted
-
-        if isinstance(exc, Interrupted):
-            print(str(exc), file=sys.stderr)
-            code = 130
-        else:
-            raise
-    sys.exit(code)
+    """Run the CLI (exits with the command's code)."""
+    app(args=argv, prog_name="sslcli")

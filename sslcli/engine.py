@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
-from .backbones import BackboneInfo, create_backbone, save_backbone
-from .data.sources import DataSource, Split, open_source
+from .backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
+from .data.sources import DataSource, Split, balanced_fraction, open_source
 from .errors import UserError
 from .methods.base import Method
 from .recipe import Recipe
@@ -143,13 +143,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def iterate_batches(split: Split, order: torch.Tensor, batch_size: int, start: int, workers: int) -> Iterator[torch.Tensor]:
-    """uint8 image batches following `order` (full batches only), from batch index `start`."""
+def iterate_batches(
+    split: Split, order: torch.Tensor, batch_size: int, start: int, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) batches following `order` (full batches only), from batch index `start`."""
     steps = len(order) // batch_size
     batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start, steps)]
     if split.images is not None:
         for idx in batches:
-            yield split.images[idx]
+            yield split.images[idx], split.labels[idx]
         return
     loader = torch.utils.data.DataLoader(
         split, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
@@ -158,8 +160,8 @@ def iterate_batches(split: Split, order: torch.Tensor, batch_size: int, start: i
     yield from loader
 
 
-def _stack_images(items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
-    return torch.stack([img for img, _ in items])
+def _stack_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([img for img, _ in items]), torch.tensor([label for _, label in items])
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -195,6 +197,8 @@ class Trainer:
         self.device = select_device(recipe.train.device)
         self.dtype = autocast_dtype(recipe.train.precision, self.device)
         self._stop_signal: Optional[int] = None
+        self.data: Optional[DataSource] = None
+        self.method: Optional[Method] = None
 
     # -- set-up
     def open_data(self) -> DataSource:
@@ -203,6 +207,14 @@ class Trainer:
             d.source, d.image_size, seed=self.recipe.train.seed, root=d.root, purpose="pretrain",
             synthetic_train=d.synthetic_train, synthetic_val=d.synthetic_val, cache_max_gb=d.cache_max_gb,
         )
+        method_cls = get_method(self.recipe.method.name)
+        if method_cls.uses_labels and not ds.labelled:
+            raise UserError(f"method '{method_cls.name}' trains with labels, but '{d.source}' is unlabelled; "
+                            f"use a folder of class subfolders")
+        if d.fraction < 1:
+            if not ds.train.labelled:
+                raise UserError(f"data.fraction needs labels to balance classes, but '{d.source}' is unlabelled")
+            ds.train = balanced_fraction(ds.train, d.fraction, self.recipe.train.seed)
         if len(ds.train) < self.recipe.train.batch_size:
             raise UserError(
                 f"train.batch_size {self.recipe.train.batch_size} is larger than the {len(ds.train)} training images "
@@ -214,9 +226,12 @@ class Trainer:
         r = self.recipe
         torch.manual_seed(r.train.seed)
         backbone, info = create_backbone(r.backbone.name, r.backbone.small_input, ds.image_size)
+        if r.backbone.weights:
+            load_weights_into(backbone, info, r.backbone.weights)
         info = replace(info, method=r.method.name)
         method_cls = get_method(r.method.name)
-        method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size).to(self.device)
+        classes = len(ds.classes) if ds.classes else None
+        method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size, classes).to(self.device)
         if r.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         return method, info
@@ -234,9 +249,16 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def prepare(self) -> DataSource:
+        """Open and check the data (once); everything that can be refused is refused here."""
+        if self.data is None:
+            check_backbone_name(self.recipe.backbone.name)
+            self.data = self.open_data()
+        return self.data
+
     def run(self, resume: bool = False) -> dict:
         r = self.recipe
-        ds = self.open_data()
+        ds = self.prepare()
         method, info = self.build(ds)
         optimizer = build_optimizer(method, r)
         steps_per_epoch = len(ds.train) // r.train.batch_size
@@ -292,7 +314,7 @@ class Trainer:
 
         metrics_file = open(self.out / "metrics.jsonl", "a")
         progress = self._progress()
-        task = progress.add_task("pretrain", total=total_steps, completed=global_step, loss=float("nan"), lr=0.0, ips=0.0)
+        task = progress.add_task(r.method.name, total=total_steps, completed=global_step, loss=float("nan"), lr=0.0, ips=0.0)
         history: list[dict] = []
         started = time.time()
         try:
@@ -304,9 +326,10 @@ class Trainer:
                     count = 0
                     epoch_start, seen = time.time(), 0
                     first = start_step if epoch == start_epoch else 0
-                    for step, images in enumerate(iterate_batches(ds.train, order, r.train.batch_size, first, workers), first):
+                    batches = iterate_batches(ds.train, order, r.train.batch_size, first, workers)
+                    for step, (images, labels) in enumerate(batches, first):
                         t0 = time.time()
-                        loss, metrics = self._step(method, images, aug_gen, optimizer, scaler)
+                        loss, metrics = self._step(method, images, labels, aug_gen, optimizer, scaler)
                         if not math.isfinite(loss):
                             raise TrainingError(
                                 f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; the last good checkpoint "
@@ -342,7 +365,8 @@ class Trainer:
                         raise Interrupted(f"interrupted after epoch {epoch + 1}, step {global_step}; checkpoint saved")
         finally:
             metrics_file.close()
-        save_backbone(method.backbone, replace(info, epoch=r.train.epochs), self.out)
+            self.method = method
+            self._plot()
         return {
             "out": str(self.out),
             "method": r.method.name,
@@ -353,9 +377,9 @@ class Trainer:
             "final": history[-1] if history else None,
         }
 
-    def _step(self, method: Method, images, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
+    def _step(self, method: Method, images, labels, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
         images = images.to(self.device, non_blocking=True)
-        views = method.make_views(images, gen)
+        views = method.make_views(images, gen, labels.to(self.device) if method.uses_labels else None)
         if self.recipe.train.channels_last:
             views = _channels_last(views)
         with autocast(self.device, self.dtype):
@@ -365,6 +389,14 @@ class Trainer:
         scaler.step(optimizer)
         scaler.update()
         return float(loss.detach()), {k: float(v) for k, v in metrics.items()}
+
+    def _plot(self) -> None:
+        from .evaluation.plots import plot_curves
+
+        try:
+            plot_curves(self.out)
+        except Exception as exc:  # a plot must never cost a run
+            self.console.print(f"[yellow]warning: curves.png not written ({exc})[/yellow]")
 
     def _workers(self, split: Split) -> int:
         w = self.recipe.data.workers

@@ -55,6 +55,7 @@ class BackboneConfig:
         "auto",
         "3x3 stride-1 first conv and no max-pool; auto: on for inputs of 32 px and less",
     )
+    weights: Union[str, None] = option(None, "start from these weights: a run folder or a backbone.safetensors file")
 
 
 @dataclass
@@ -66,6 +67,7 @@ class DataConfig:
     root: Union[str, None] = option(None, "where torchvision datasets live (cifar10, cifar100, stl10)")
     workers: Union[int, Literal["auto"]] = option("auto", "data loading processes; auto: 0 when in memory", min=0)
     cache_max_gb: float = option(4.0, "decode the dataset once into memory when it takes less than this", min=0)
+    fraction: float = option(1.0, "train on this class-balanced fraction of the training split (labelled data)", min=1e-6, max=1)
     synthetic_train: int = option(2000, "synthetic sources: training images to generate", min=1)
     synthetic_val: int = option(500, "synthetic sources: validation images to generate", min=1)
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .methods.base import Method
 
 _METHODS: dict[str, type["Method"]] = {}
-BUILTIN_MODULES = ("simclr", "rotation")
+BUILTIN_MODULES = ("simclr", "rotation", "supervised")
 _loaded = False
 
 

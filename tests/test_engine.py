@@ -51,22 +51,35 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
     assert sorted(epoch_order(50, 1, 0).tolist()) == list(range(50))
 
 
+# 64 images seen 20 times with mild augmentation: enough steps (40) to show learning in seconds.
+LEARN = ["--epochs", "20", *TINY, "--set", "data.synthetic_train=64", "--set", "optim.lr=0.8",
+         "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant",
+         "--set", "augment.crop_scale=[0.9,1.0]", "--set", "augment.color_jitter=0", "--set", "augment.grayscale=0"]
+
+
+def mean_of(records: list[dict], key: str) -> float:
+    return sum(r[key] for r in records) / len(records)
+
+
 def test_simclr_short_run_learns(cli, tmp_path):
-    r = cli("pretrain", "--method", "simclr", "--out", tmp_path / "run", "--epochs", "8", *TINY,
-            "--set", "data.synthetic_train=128", "--set", "optim.warmup_epochs=1")
+    r = cli("pretrain", "--method", "simclr", "--out", tmp_path / "run", *LEARN)
     assert r.code == 0, r.err
     records = epoch_records(tmp_path / "run")
-    assert len(records) == 8
-    assert records[-1]["loss"] < records[0]["loss"] - 0.1
+    assert len(records) == 20
+    assert mean_of(records[-3:], "loss") < mean_of(records[:3], "loss") - 0.3
+    assert mean_of(records[-3:], "pos_acc") > mean_of(records[:3], "pos_acc") + 0.05
 
 
 def test_rotation_short_run_learns(cli, tmp_path):
-    r = cli("pretrain", "--method", "rotation", "--out", tmp_path / "run", "--epochs", "8", *TINY,
-            "--set", "data.synthetic_train=128")
+    # Rotation from scratch idles near chance for ~150 steps on varied crops (see the quick
+    # recipe's metrics), so here one fixed batch of identical views is learned in 40 steps.
+    fixed = ["--set", "data.synthetic_train=32", "--epochs", "40", "--set", "augment.crop_scale=[1.0,1.0]",
+             "--set", "augment.crop_ratio=[1.0,1.0]", "--set", "augment.flip=0"]
+    r = cli("pretrain", "--method", "rotation", "--out", tmp_path / "run", *LEARN, *fixed)
     assert r.code == 0, r.err
     records = epoch_records(tmp_path / "run")
-    assert records[-1]["rotation_acc"] > records[0]["rotation_acc"] + 0.15
-    assert records[-1]["loss"] < records[0]["loss"]
+    assert mean_of(records[-3:], "rotation_acc") > mean_of(records[:3], "rotation_acc") + 0.4
+    assert mean_of(records[-3:], "loss") < mean_of(records[:3], "loss") - 0.5
 
 
 def test_sigint_mid_epoch_then_resume_matches_straight_run(cli, tmp_path, monkeypatch):

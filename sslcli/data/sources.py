@@ -77,6 +77,18 @@ class DataSource:
         return self.train.labelled and self.val is not None and self.val.labelled
 
 
+def balanced_fraction(split: Split, fraction: float, seed: int) -> Split:
+    """A seeded subset holding `fraction` of every class (at least one image each): the 1% / 10%
+    semi-supervised protocol."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(split.labels).tolist():
+        idx = torch.nonzero(split.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        keep.append(idx[: max(1, round(len(idx) * fraction))])
+    return split.subset(torch.sort(torch.cat(keep)).values)
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
     """Decode, resize the shorter side to `size` and centre-crop: a 3 x size x size uint8 tensor."""
     with Image.open(path) as img:

@@ -43,7 +43,8 @@ def _rasterise(poly: np.ndarray, size: int, supersample: int) -> np.ndarray:
 
 
 def _texture(rng: np.random.Generator, size: int, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """A random multiplicative texture in [0.6, 1.4]: flat, gradient, stripes or noise."""
+    """A random multiplicative texture, at most about +-15%: flat, gradient, stripes or noise.
+    Strong enough to vary, weak enough that the outline stays the most visible thing."""
     gx, gy = grid
     kind = rng.integers(4)
     angle = rng.uniform(0, np.pi)
@@ -51,11 +52,11 @@ def _texture(rng: np.random.Generator, size: int, grid: tuple[np.ndarray, np.nda
     if kind == 0:
         t = np.zeros_like(gx)
     elif kind == 1:
-        t = 0.3 * u
+        t = 0.15 * u
     elif kind == 2:
-        t = 0.3 * np.sin(u * rng.uniform(4, 12) + rng.uniform(0, 2 * np.pi))
+        t = 0.12 * np.sin(u * rng.uniform(4, 12) + rng.uniform(0, 2 * np.pi))
     else:
-        t = rng.standard_normal(gx.shape, dtype=np.float32) * 0.15
+        t = rng.standard_normal(gx.shape, dtype=np.float32) * 0.06
     return 1.0 + t
 
 
@@ -71,7 +72,7 @@ def render_shape(rng: np.random.Generator, label: int, size: int = NATIVE_SIZE) 
     """One HxWx3 uint8 image of class `label`."""
     ss = 4  # supersample the outline for smooth edges
     poly = np.asarray(SHAPES[CLASSES[label]], dtype=np.float32)
-    scale = rng.uniform(0.35, 0.7)
+    scale = rng.uniform(0.45, 0.75)
     aspect = rng.uniform(0.85, 1.15)
     tilt = rng.uniform(-0.25, 0.25)  # radians; keeps the shape upright
     cx, cy = rng.uniform(-(0.95 - scale), 0.95 - scale, 2)

@@ -1,6 +1,9 @@
-"""Feature extraction from a frozen backbone over a data split."""
+"""Feature extraction from a frozen backbone over a data split: pooled final features, or the
+feature maps of named intermediate layers, each pooled to a few thousand dimensions at most."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -9,6 +12,76 @@ import torch.nn.functional as F
 from ..data.augment import eval_view
 from ..data.sources import Split
 from ..engine import autocast, autocast_dtype
+from ..errors import UserError, did_you_mean
+
+MAX_LAYER_DIMS = 4096
+_POOL_SIDES = (8, 6, 4, 3, 2, 1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One probe-able layer: its display name, timm's feature index, channels and stride."""
+
+    name: str
+    index: int
+    channels: int
+    reduction: int
+
+
+def model_layers(model: nn.Module) -> list[Layer]:
+    """The layers timm reports for `model` (feature_info); a ResNet's act1 is shown as 'stem'."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return []
+    entries = info if isinstance(info, list) else [info.get_dicts()[i] for i in range(len(info))]
+    layers = []
+    for i, entry in enumerate(entries):
+        module = entry["module"]
+        name = "stem" if i == 0 and module in ("act1", "bn1", "stem") else module
+        layers.append(Layer(name, i, entry["num_chs"], entry["reduction"]))
+    return layers
+
+
+def select_layers(model: nn.Module, spec: str) -> list[Layer | None]:
+    """Parse `--layers`: 'last' (the pooled output, as kNN sees it), 'all', or names 'layer3,layer4'.
+    None stands for the pooled final output."""
+    spec = spec.strip()
+    if spec == "last":
+        return [None]
+    layers = model_layers(model)
+    if not layers:
+        raise UserError("this backbone reports no intermediate layers to timm; use --layers last")
+    if spec == "all":
+        return list(layers)
+    by_name = {layer.name: layer for layer in layers}
+    by_name.update({"act1": by_name.get("stem")} if "stem" in by_name else {})
+    chosen: list[Layer | None] = []
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        if name == "last":
+            chosen.append(None)
+        elif name in by_name:
+            chosen.append(by_name[name])
+        else:
+            names = [layer.name for layer in layers]
+            raise UserError(f"unknown layer '{name}'{did_you_mean(name, names)}; this backbone has: last, {', '.join(names)}")
+    return chosen
+
+
+def pool_side(channels: int, height: int, max_dims: int = MAX_LAYER_DIMS) -> int:
+    """The largest pooled grid side whose channels x side^2 stays within `max_dims`."""
+    for side in _POOL_SIDES:
+        if side <= height and channels * side * side <= max_dims:
+            return side
+    return 1
+
+
+def _batches(split: Split, batch_size: int):
+    for start in range(0, len(split), batch_size):
+        idx = torch.arange(start, min(len(split), start + batch_size))
+        if split.images is not None:
+            yield idx, split.images[idx]
+        else:
+            yield idx, torch.stack([split[i][0] for i in idx.tolist()])
 
 
 @torch.no_grad()
@@ -19,21 +92,38 @@ def extract_features(
     batch_size: int = 256,
     precision: str = "auto",
     normalize: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features N x D float32 on CPU, labels N) of every image in `split`, in order."""
+    layers: list[Layer | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of every image in `split`, in order, and its labels.
+
+    Without `layers`: the pooled output (N x D float32 on CPU, L2-normalised by default).
+    With `layers`: a dict from layer name ('last' for None) to N x D features, one forward pass."""
     model.eval().to(device)
     dtype = autocast_dtype(precision, device)
-    feats, labels = [], []
-    for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(len(split), start + batch_size))
-        if split.images is not None:
-            images = split.images[idx]
-        else:
-            images = torch.stack([split[i][0] for i in idx.tolist()])
+    wanted = layers if layers is not None else [None]
+    indices = sorted({layer.index for layer in wanted if layer is not None})
+    out: dict[str, list[torch.Tensor]] = {("last" if layer is None else layer.name): [] for layer in wanted}
+    labels = []
+    for idx, images in _batches(split, batch_size):
         x = eval_view(images.to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            f = model(x)
-        feats.append(f.float().flatten(1).cpu())
+            if indices:
+                final, maps = model.forward_intermediates(x, indices=indices)
+                final = model.forward_head(final, pre_logits=True) if hasattr(model, "forward_head") else final
+                by_index = dict(zip(indices, maps))
+            else:
+                final, by_index = model(x), {}
+        for layer in wanted:
+            if layer is None:
+                out["last"].append(final.float().flatten(1).cpu())
+            else:
+                fmap = by_index[layer.index].float()
+                side = pool_side(fmap.shape[1], fmap.shape[2])
+                out[layer.name].append(F.adaptive_avg_pool2d(fmap, side).flatten(1).cpu())
         labels.append(split.labels[idx])
-    out = torch.cat(feats)
-    return (F.normalize(out, dim=1) if normalize else out), torch.cat(labels)
+    feats = {name: torch.cat(parts) for name, parts in out.items()}
+    if normalize:
+        feats = {name: F.normalize(f, dim=1) for name, f in feats.items()}
+    if layers is None:
+        return feats["last"], torch.cat(labels)
+    return feats, torch.cat(labels)

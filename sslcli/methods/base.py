@@ -8,7 +8,7 @@ encoders) lives in modules or registered buffers, so the engine checkpoints it w
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn as nn
@@ -25,8 +25,10 @@ class Method(nn.Module):
     data_kind: ClassVar[str] = "images"  # what it trains on: images (later: video, audio-video)
     uses_labels: ClassVar[bool] = False
 
-    def __init__(self, cfg: MethodConfig, recipe: Recipe, backbone: nn.Module, feature_dim: int, image_size: int):
+    def __init__(self, cfg: MethodConfig, recipe: Recipe, backbone: nn.Module, feature_dim: int, image_size: int,
+                 num_classes: Optional[int] = None):
         super().__init__()
+        self.num_classes = num_classes
         self.cfg = cfg
         self.recipe = recipe
         self.backbone = backbone
@@ -35,8 +37,9 @@ class Method(nn.Module):
         crop = recipe.augment.crop_size
         self.crop_size = image_size if crop == "auto" else int(crop)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator) -> Any:
-        """Turn a batch of uint8 images (on the training device) into this method's inputs."""
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None) -> Any:
+        """Turn a batch of uint8 images (on the training device) into this method's inputs.
+        `labels` is given only to methods with `uses_labels`."""
         raise NotImplementedError
 
     def training_step(self, views: Any) -> StepOutput:

@@ -38,15 +38,15 @@ class Rotation(Method):
     Config = RotationConfig
     description = "pretext: predict which of 0/90/180/270 degrees an image was rotated by"
 
-    def __init__(self, cfg: RotationConfig, recipe, backbone, feature_dim, image_size):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size)
+    def __init__(self, cfg: RotationConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         if cfg.head_hidden_dim:
             self.head = projection_mlp(feature_dim, cfg.head_hidden_dim, 4)
         else:
             self.head = nn.Linear(feature_dim, 4)
         self.augment = ViewAugment(recipe.augment, self.crop_size)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         return rotate_all(self.augment(images, gen))
 
     def training_step(self, views) -> StepOutput:

@@ -30,12 +30,12 @@ class SimCLR(Method):
     Config = SimCLRConfig
     description = "contrastive: two augmented views of an image attract, other images repel (NT-Xent)"
 
-    def __init__(self, cfg: SimCLRConfig, recipe, backbone, feature_dim, image_size):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size)
+    def __init__(self, cfg: SimCLRConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
         self.augment = ViewAugment(recipe.augment, self.crop_size)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
         return torch.cat([self.augment(images, gen), self.augment(images, gen)])
 
     def training_step(self, views: torch.Tensor) -> StepOutput:
