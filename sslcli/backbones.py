@@ -167,7 +167,9 @@ def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, Bac
         name = spec[len("random:"):]
         if not name:
             raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
-        return create_backbone(name, "auto", image_size or 224)
+        with torch.random.fork_rng():  # the same floor every time, global RNG untouched
+            torch.manual_seed(0)
+            return create_backbone(name, "auto", image_size or 224)
     state, info, weights = read_weights(spec)
     model, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
     _load_state(model, state, weights, info.timm_name)

@@ -36,3 +36,9 @@ def test_unknown_names():
         load_model("random:")
     with pytest.raises(UserError, match="does not exist"):
         load_model("no/such/run")
+
+
+def test_random_models_are_reproducible():
+    a, _ = load_model("random:resnet18", 32)
+    b, _ = load_model("random:resnet18", 32)
+    assert torch.equal(a.conv1.weight, b.conv1.weight)
