@@ -235,7 +235,7 @@ def knn(
     data = default_data(model, data)
     result = run_knn(model, data, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device)
     if not as_json:
-        rows = [{**row, "top1": f"{row['top1']:.4f}", "top5": f"{row['top5']:.4f}"} for row in result.get("sweep", [result])]
+        rows = result.get("sweep", [result])
         _table(f"kNN  {model} on {data}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
                {"k": "k", "top1": "top-1", "top5": "top-5"}, rows)
     _emit(result, as_json)
@@ -271,7 +271,7 @@ def probe(
 
         result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {data}"))
     if not as_json:
-        rows = [{**row, "top1": f"{row['top1']:.4f}", "top5": f"{row['top5']:.4f}"} for row in result["layers"]]
+        rows = result["layers"]
         _table(f"linear probe  {model} on {data}  ({result['n_train']} train, {result['n_val']} val, "
                f"{result['seconds']:.0f} s)", {"layer": "layer", "dims": "dims", "top1": "top-1", "top5": "top-5"}, rows)
     _emit(result, as_json)
@@ -378,7 +378,7 @@ def _table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
     for heading in columns.values():
         table.add_column(heading)
     for row in rows:
-        table.add_row(*(str(row[field]) for field in columns))
+        table.add_row(*(f"{row[f]:.4g}" if isinstance(row[f], float) else str(row[f]) for f in columns))
     _stderr().print(table)
 
 

@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -77,16 +77,20 @@ class DataSource:
         return self.train.labelled and self.val is not None and self.val.labelled
 
 
+def per_class_sample(labels: torch.Tensor, seed: int, count: Callable[[int], int]) -> torch.Tensor:
+    """Sorted indices of a seeded random `count(n)` of each class's `n` items."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=gen)][: count(len(idx))])
+    return torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
+
+
 def balanced_fraction(split: Split, fraction: float, seed: int) -> Split:
     """A seeded subset holding `fraction` of every class (at least one image each): the 1% / 10%
     semi-supervised protocol."""
-    gen = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in torch.unique(split.labels).tolist():
-        idx = torch.nonzero(split.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        keep.append(idx[: max(1, round(len(idx) * fraction))])
-    return split.subset(torch.sort(torch.cat(keep)).values)
+    return split.subset(per_class_sample(split.labels, seed, lambda n: max(1, round(n * fraction))))
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -146,13 +150,10 @@ def _folder_source(root: Path, image_size: int | str, seed: int) -> DataSource:
             if not files:
                 raise UserError(f"no images found in the class folders of '{root}'; add image files (.jpg, .png, ...)")
             # One labelled split: hold out a stratified, seeded share as val.
-            gen = torch.Generator().manual_seed(seed)
-            label_t = torch.tensor(labels)
             val_mask = torch.zeros(len(files), dtype=torch.bool)
-            for c in range(len(classes)):
-                idx = torch.nonzero(label_t == c).flatten()
-                idx = idx[torch.randperm(len(idx), generator=gen)]
-                val_mask[idx[: max(1, int(len(idx) * HOLDOUT_FRACTION)) if len(idx) > 1 else 0]] = True
+            holdout = per_class_sample(torch.tensor(labels), seed,
+                                       lambda n: max(1, int(n * HOLDOUT_FRACTION)) if n > 1 else 0)
+            val_mask[holdout] = True
             train_files = [f for f, m in zip(files, val_mask) if not m]
             train_labels = [y for y, m in zip(labels, val_mask) if not m]
             val_files = [f for f, m in zip(files, val_mask) if m]

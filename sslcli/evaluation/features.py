@@ -98,7 +98,8 @@ def extract_features(
 
     Without `layers`: the pooled output (N x D float32 on CPU, L2-normalised by default).
     With `layers`: a dict from layer name ('last' for None) to N x D features, one forward pass."""
-    model.eval().to(device)
+    if isinstance(model, nn.Module):  # a plain callable (e.g. a classifier's forward) is used as given
+        model.eval().to(device)
     dtype = autocast_dtype(precision, device)
     wanted = layers if layers is not None else [None]
     indices = sorted({layer.index for layer in wanted if layer is not None})

@@ -9,9 +9,8 @@ from pathlib import Path
 import torch
 
 from ..backbones import BackboneInfo, load_model
-from ..data.augment import eval_view
-from ..data.sources import DataSource, load_image, open_source
-from ..engine import autocast, autocast_dtype, select_device
+from ..data.sources import DataSource, Split, load_image, open_source
+from ..engine import select_device
 from ..errors import UserError
 from .features import extract_features, select_layers
 from .knn import knn_predict, topk_accuracy
@@ -127,14 +126,8 @@ def run_probe(model_spec: str, data: str, *, layers: str = "last", epochs: int =
 def classifier_accuracy(method, split, device: torch.device, batch_size: int = 256, precision: str = "auto") -> dict:
     """Top-1/top-5 of a trained supervised method on a labelled split (whole images, no augmentation)."""
     method.eval()
-    dtype = autocast_dtype(precision, device)
-    scores = []
-    for start in range(0, len(split), batch_size):
-        idx = range(start, min(len(split), start + batch_size))
-        images = split.images[start:start + batch_size] if split.images is not None else torch.stack([split[i][0] for i in idx])
-        with autocast(device, dtype):
-            scores.append(method.classify(eval_view(images.to(device)).contiguous(memory_format=torch.channels_last)).float().cpu())
-    acc = topk_accuracy(torch.cat(scores), split.labels, (1, 5))
+    scores, labels = extract_features(method.classify, split, device, batch_size, precision, normalize=False)
+    acc = topk_accuracy(scores, labels, (1, 5))
     return {"top1": round(acc[1], 6), "top5": round(acc[5], 6)}
 
 
@@ -168,10 +161,7 @@ def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k
         pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
         q_images = torch.stack([pool[i][0] for i in pick.tolist()])
         q_labels = pool.labels[pick]
-    dtype = autocast_dtype("auto", dev)
-    model.eval()
-    with torch.no_grad(), autocast(dev, dtype):
-        q_f = torch.nn.functional.normalize(model(eval_view(q_images.to(dev))).float().cpu(), dim=1)
+    q_f, _ = extract_features(model, Split(labels=q_labels, images=q_images, size=ds.image_size), dev)
     rows = neighbour_rows(q_images, q_labels, q_f, ds.train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
     tmp = out.with_name(out.name + ".tmp.png")
