@@ -4,7 +4,6 @@ that `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch.nn as nn
 
 from .data.augment import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError, did_you_mean
+from .files import atomic_write
 
 SMALL_INPUT_AUTO_MAX = 32  # the standard stem leaves a 1x1 map at this size and below
 
@@ -88,24 +88,13 @@ def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path) -> Path:
     """Write backbone.safetensors and backbone.json into `folder`, each atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / "backbone.safetensors"
-    tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(timm_state_dict(model), str(tmp), metadata={"timm_name": info.timm_name})
-    _fsync_replace(tmp, weights)
-    meta = folder / "backbone.json"
-    tmp = meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
-    _fsync_replace(tmp, meta)
+    atomic_write(weights, save(timm_state_dict(model), metadata={"timm_name": info.timm_name}))
+    atomic_write(folder / "backbone.json", (json.dumps(asdict(info), indent=2) + "\n").encode())
     return weights
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 def read_weights(spec: str) -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:

@@ -93,10 +93,18 @@ def command(*args, **kwargs):
 # ---------------------------------------------------------------- pretrain
 
 def _load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional[Path], resume: bool) -> dict:
+    """The recipe as YAML data, before overrides. A resumed run starts from its own recipe.yaml."""
     from .recipe import RECIPES_DIR, find_recipe, read_yaml
 
+    run_recipe = out / "recipe.yaml" if resume and out is not None else None
     if recipe:
         raw = read_yaml(find_recipe(recipe))
+    elif run_recipe is not None and run_recipe.is_file():
+        raw = read_yaml(run_recipe)
+        named = (raw.get("method") or {}).get("name") if isinstance(raw.get("method"), dict) else None
+        if method and named and method != named:
+            raise UserError(f"--resume: the run in '{out}' trains '{named}', not '{method}'; drop --method, "
+                            f"or start the new method in another --out")
     elif method:
         bundled = RECIPES_DIR / f"{method}.yaml"
         if bundled.is_file():
@@ -106,8 +114,6 @@ def _load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional
 
             get_method(method)  # unknown names fail here with a did-you-mean
             raw = {"method": {"name": method}}
-    elif resume and out is not None and (out / "recipe.yaml").is_file():
-        raw = read_yaml(out / "recipe.yaml")
     else:
         raise UserError("say what to train: --method NAME (see `sslcli methods`) or --recipe FILE|NAME (see `sslcli recipes`)")
     raw.setdefault("method", {})
@@ -122,22 +128,29 @@ def _load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional
 
 
 def _check_out(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to mix runs (a non-empty folder needs --resume or --force) without touching anything."""
-    import os
+    """Refuse to mix runs (a non-empty folder needs --resume or --force) and unwritable folders,
+    without creating or changing anything."""
+    import tempfile
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder path")
     if resume:
-        if not (out / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"--resume: no checkpoint at '{out / 'checkpoints' / 'last.pt'}'; run without --resume to start")
-        return
-    if out.is_dir() and any(out.iterdir()) and not force:
+        if not (out / "checkpoints" / "last.pt").is_file() and not (out / "recipe.yaml").is_file():
+            raise UserError(f"--resume: '{out}' holds no run to continue (no checkpoints/last.pt); run without --resume to start one")
+    elif out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out '{out}' is not empty; pass --resume to continue that run or --force to replace it")
-    existing = out
+    existing = out.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out '{out}' is not writable ('{existing}' denies writing); choose another folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # the one sure test, also for root and read-only mounts
+            pass
+    except OSError as exc:
+        raise UserError(f"--out '{out}' is not writable ('{existing}': {exc.strerror or exc}); choose another folder") from None
+
+
+RUN_FILES = ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json", "curves.png",
+             "eval.json", "skipped.txt")
 
 
 def _create_out(out: Path, force: bool) -> None:
@@ -149,8 +162,7 @@ def _create_out(out: Path, force: bool) -> None:
     except OSError as exc:
         raise UserError(f"--out '{out}' cannot be created ({exc.strerror}); choose another folder") from None
     if force:
-        for name in ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json",
-                     "curves.png", "eval.json"):
+        for name in RUN_FILES:
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -201,7 +213,7 @@ def pretrain(
 
     console = _stderr()
     trainer = Trainer(resolved, out, console)
-    trainer.prepare()  # data and device checked before anything is written
+    trainer.prepare(resume)  # everything that can be refused is refused before anything is written
     _create_out(out, force and not resume)
     console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)
     result = trainer.run(resume=resume)
@@ -334,7 +346,9 @@ def finetune(
     result = {**scores, "model": model, "data": data, "fraction": fraction, "n_train": len(trainer.data.train),
               "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
               "seconds": trained["seconds"]}
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    from .files import atomic_write
+
+    atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
     if not as_json:
         _table(f"fine-tune  {model} on {data}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
                                                  "top5": "val top-5"}, [result])

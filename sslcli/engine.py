@@ -4,9 +4,11 @@ owns the optimiser, schedule, precision, data order, checkpoints, resume, progre
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import replace
@@ -18,10 +20,11 @@ import torch.nn as nn
 from rich.console import Console
 
 from .backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
-from .data.sources import DataSource, Split, balanced_fraction, open_source
+from .data.sources import Batch, DataSource, Split, balanced_fraction, load_batches, open_source
 from .errors import UserError
+from .files import atomic_write, remove_stale_tmp
 from .methods.base import Method
-from .recipe import Recipe
+from .recipe import RESUMABLE_CHANGES, Recipe, resume_conflicts
 from .registry import get_method
 
 CHECKPOINT_FORMAT = 1
@@ -143,37 +146,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def iterate_batches(
-    split: Split, order: torch.Tensor, batch_size: int, start: int, workers: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) batches following `order` (full batches only), from batch index `start`."""
+def iterate_batches(split: Split, order: torch.Tensor, batch_size: int, start: int, workers: int) -> Iterator[Batch]:
+    """(uint8 images, labels, indices) batches following `order` (full batches only), from batch
+    index `start`; undecodable images are left out of their batch (see `load_batches`)."""
     steps = len(order) // batch_size
-    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(start, steps)]
-    if split.images is not None:
-        for idx in batches:
-            yield split.images[idx], split.labels[idx]
-        return
-    loader = torch.utils.data.DataLoader(
-        split, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-        collate_fn=_stack_images,
-    )
-    yield from loader
-
-
-def _stack_images(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([img for img, _ in items]), torch.tensor([label for _, label in items])
+    return load_batches(split, [order[i * batch_size:(i + 1) * batch_size] for i in range(start, steps)], workers)
 
 
 # ---------------------------------------------------------------- checkpoints
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """Write, fsync, then rename: the old file stays intact until the new one is complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Serialise in memory, then write atomically (see `atomic_write`): torch's own writer turns
+    a full disk into an opaque RuntimeError, a plain write gives the OSError that says so."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -181,14 +168,48 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"--resume: no checkpoint at '{path}'; start without --resume (or with --force to overwrite)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged files
-        raise UserError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}); it is damaged: rerun with --force") from None
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise UserError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}): it is damaged or not an sslcli "
+                        f"checkpoint; start again with --force") from None
+
+
+def checkpoint_bytes(method: nn.Module, optimizer_name: str) -> int:
+    """About how large checkpoints/last.pt plus backbone.safetensors will be."""
+    state = sum(t.numel() * t.element_size() for t in method.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    backbone = sum(t.numel() * t.element_size() for t in method.backbone.state_dict().values())
+    return state + (2 if optimizer_name == "adamw" else 1) * trained + backbone
+
+
+def _kept(ckpt_dir: Path) -> str:
+    """Where the last good checkpoint is, for an error message."""
+    last = ckpt_dir / "last.pt"
+    if not last.is_file():
+        return "no checkpoint had been written yet"
+    try:
+        epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        where = f"epoch {epoch['epoch']}" + (f", step {epoch['step_in_epoch']}" if epoch["step_in_epoch"] else "")
+    except Exception:  # naming the file is enough
+        where = "the last save"
+    return f"the last good checkpoint ({where}) is kept in {last}"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
 
 
 # ---------------------------------------------------------------- the loop
 
 class Trainer:
-    """Pretrains `recipe` into run folder `out`."""
+    """Pretrains `recipe` into run folder `out`. `prepare()` checks everything that can be refused
+    before the folder is touched; `run()` trains."""
 
     def __init__(self, recipe: Recipe, out: Path, console: Optional[Console] = None):
         self.recipe = recipe
@@ -199,18 +220,21 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         self.data: Optional[DataSource] = None
         self.method: Optional[Method] = None
+        self.info: Optional[BackboneInfo] = None
+        self.resume_state: Optional[dict] = None
 
     # -- set-up
+    def _warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, highlight=False)
+
     def open_data(self) -> DataSource:
         d = self.recipe.data
         ds = open_source(
             d.source, d.image_size, seed=self.recipe.train.seed, root=d.root, purpose="pretrain",
             synthetic_train=d.synthetic_train, synthetic_val=d.synthetic_val, cache_max_gb=d.cache_max_gb,
+            max_bad_fraction=d.max_bad_fraction, warn=self._warn,
         )
-        method_cls = get_method(self.recipe.method.name)
-        if method_cls.uses_labels and not ds.labelled:
-            raise UserError(f"method '{method_cls.name}' trains with labels, but '{d.source}' is unlabelled; "
-                            f"use a folder of class subfolders")
+        get_method(self.recipe.method.name).check_data(ds, self.recipe)
         if d.fraction < 1:
             if not ds.train.labelled:
                 raise UserError(f"data.fraction needs labels to balance classes, but '{d.source}' is unlabelled")
@@ -236,6 +260,99 @@ class Trainer:
             method = method.to(memory_format=torch.channels_last)
         return method, info
 
+    def prepare(self, resume: bool = False) -> DataSource:
+        """Refuse now, before anything is written, whatever would fail later: the backbone name,
+        the data (readable, decodable, labelled as the method needs, large enough for a batch),
+        the method and backbone on this data (one dry step), free space for a checkpoint, and the
+        checkpoint to resume."""
+        if self.data is not None:
+            return self.data
+        if resume:  # the checkpoint first: it is quicker to read than the data
+            self.resume_state = self._read_resume()
+        check_backbone_name(self.recipe.backbone.name)
+        ds = self.open_data()
+        self.method, self.info = self.build(ds)
+        self._dry_step(self.method, ds)
+        self._check_space()
+        if self.resume_state is not None:
+            self._load_model_state(self.resume_state)
+        self.data = ds
+        return ds
+
+    def _dry_step(self, method: Method, ds: DataSource) -> None:
+        """One forward pass of the method on two random images of the data's size, so a backbone
+        or method that cannot take this data fails now, not after the data has loaded for an hour.
+        Buffers (queues, banks, norm statistics) and RNG states are left as they were."""
+        size = ds.image_size
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        images = torch.randint(0, 256, (2, 3, size, size), generator=gen, device=self.device, dtype=torch.uint8)
+        labels = torch.zeros(2, dtype=torch.long, device=self.device) if method.uses_labels else None
+        buffers = {name: b.clone() for name, b in method.named_buffers()}
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(self.device, self.dtype):
+                method.eval()
+                method.training_step(method.make_views(images, gen, labels))
+        except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300].rstrip(".")
+            r = self.recipe
+            raise UserError(
+                f"method '{r.method.name}' with backbone '{r.backbone.name}' cannot train on {size}-px images "
+                f"({method.crop_size}-px views): {first}; change data.image_size, augment.crop_size or the backbone"
+            ) from exc
+        finally:
+            method.train()
+            with torch.no_grad():
+                for name, b in method.named_buffers():
+                    b.copy_(buffers[name])
+
+    def _check_space(self) -> None:
+        # the new checkpoint is written beside the previous one, which a resumed run already holds
+        held = sum(f.stat().st_size for f in (self.out / "checkpoints" / "last.pt", self.out / "backbone.safetensors")
+                   if f.is_file())
+        need = 2 * checkpoint_bytes(self.method, self.recipe.optim.name) + 10_000_000 - held
+        where = _existing_ancestor(self.out)
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise UserError(
+                f"--out '{self.out}' has {_megabytes(free)} free, but this run needs about {_megabytes(need)} "
+                f"(a checkpoint and the previous one); free some space or choose another --out"
+            )
+
+    def _read_resume(self) -> Optional[dict]:
+        """The checkpoint to continue from, checked against this recipe; None when the run was
+        stopped before its first checkpoint (it then starts from the beginning)."""
+        path = self.out / "checkpoints" / "last.pt"
+        if not path.exists() and (self.out / "recipe.yaml").is_file():
+            return None
+        ckpt = load_checkpoint(path)
+        self._check_compatible(ckpt)
+        return ckpt
+
+    def _load_model_state(self, ckpt: dict) -> None:
+        try:
+            self.method.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise UserError(f"checkpoint of '{self.out}' does not fit this recipe's model "
+                            f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe.yaml") from None
+
+    def _check_compatible(self, ckpt: dict) -> None:
+        r = self.recipe
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UserError("checkpoint format is not one this sslcli version reads; start a new run with --force")
+        if ckpt.get("method") != r.method.name or ckpt.get("backbone") != r.backbone.name:
+            raise UserError(
+                f"checkpoint is from method '{ckpt.get('method')}' with backbone '{ckpt.get('backbone')}', but the recipe "
+                f"asks for '{r.method.name}' with '{r.backbone.name}'; resume with the run's own recipe.yaml"
+            )
+        conflicts = resume_conflicts(ckpt.get("recipe") or {}, r)
+        if conflicts:
+            more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+            raise UserError(
+                f"--resume: the recipe differs from the run's in {', '.join(conflicts[:3])}{more}; a resumed run may "
+                f"only change {', '.join(sorted(RESUMABLE_CHANGES))}: drop the other changes or start a new run"
+            )
+
     # -- signals
     @contextlib.contextmanager
     def _catch_signals(self):
@@ -249,17 +366,10 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    def prepare(self) -> DataSource:
-        """Open and check the data (once); everything that can be refused is refused here."""
-        if self.data is None:
-            check_backbone_name(self.recipe.backbone.name)
-            self.data = self.open_data()
-        return self.data
-
     def run(self, resume: bool = False) -> dict:
         r = self.recipe
-        ds = self.prepare()
-        method, info = self.build(ds)
+        ds = self.prepare(resume)
+        method, info = self.method, self.info
         optimizer = build_optimizer(method, r)
         steps_per_epoch = len(ds.train) // r.train.batch_size
         total_steps = steps_per_epoch * r.train.epochs
@@ -273,11 +383,11 @@ class Trainer:
 
         ckpt_dir = self.out / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(ckpt_dir)
+        remove_stale_tmp(self.out)
         start_epoch, start_step, global_step = 0, 0, 0
-        if resume:
-            ckpt = load_checkpoint(ckpt_dir / "last.pt")
-            self._check_compatible(ckpt)
-            method.load_state_dict(ckpt["model"])
+        ckpt = self.resume_state
+        if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
@@ -286,11 +396,21 @@ class Trainer:
             if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
             start_epoch, start_step, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-            self._trim_metrics(global_step)
             self.console.print(f"resuming from epoch {start_epoch}, step {global_step}")
-        (self.out / "recipe.yaml").write_text(r.to_yaml())
+        elif resume:
+            self.console.print("no checkpoint was written before the run stopped; starting from the beginning")
+        self.resume_state = None  # the optimiser state now lives in the optimiser
+        if resume:
+            self._trim_metrics(global_step)
+        atomic_write(self.out / "recipe.yaml", r.to_yaml().encode())
+        self._write_skipped()
 
         def save(epoch: int, step_in_epoch: int) -> None:
+            if not all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point()):
+                raise TrainingError(
+                    f"the weights became non-finite by epoch {epoch}, step {global_step}; {_kept(ckpt_dir)}; "
+                    f"lower optim.lr (now {r.optim.lr}) or use --set train.precision=fp32"
+                )
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "method": r.method.name,
@@ -317,6 +437,7 @@ class Trainer:
         task = progress.add_task(r.method.name, total=total_steps, completed=global_step, loss=float("nan"), lr=0.0, ips=0.0)
         history: list[dict] = []
         started = time.time()
+        bad_seen = len(ds.bad or ())
         try:
             with self._catch_signals(), progress:
                 for epoch in range(start_epoch, r.train.epochs):
@@ -327,13 +448,18 @@ class Trainer:
                     epoch_start, seen = time.time(), 0
                     first = start_step if epoch == start_epoch else 0
                     batches = iterate_batches(ds.train, order, r.train.batch_size, first, workers)
-                    for step, (images, labels) in enumerate(batches, first):
+                    for step, (images, labels, _) in enumerate(batches, first):
+                        if ds.bad is not None and len(ds.bad) != bad_seen:
+                            bad_seen = len(ds.bad)
+                            self._write_skipped()
+                        if images.shape[0] < 2:  # every image of this batch was undecodable
+                            continue
                         t0 = time.time()
                         loss, metrics = self._step(method, images, labels, aug_gen, optimizer, scaler)
                         if not math.isfinite(loss):
                             raise TrainingError(
-                                f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; the last good checkpoint "
-                                f"is kept in {ckpt_dir}; lower optim.lr (now {r.optim.lr}) or use --set train.precision=fp32"
+                                f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; {_kept(ckpt_dir)}; "
+                                f"lower optim.lr (now {r.optim.lr}) or use --set train.precision=fp32"
                             )
                         scheduler.step()
                         global_step += 1
@@ -363,8 +489,15 @@ class Trainer:
                         save(epoch + 1, 0)
                     if self._stop_signal is not None and epoch + 1 < r.train.epochs:
                         raise Interrupted(f"interrupted after epoch {epoch + 1}, step {global_step}; checkpoint saved")
+        except OSError as exc:  # a full disk, a lost mount: the previous checkpoint is still whole
+            raise TrainingError(
+                f"writing to '{exc.filename or self.out}' failed ({exc.strerror or exc}) at step {global_step}; "
+                f"{_kept(ckpt_dir)}: free some space, then continue with --resume"
+            ) from None
         finally:
-            metrics_file.close()
+            with contextlib.suppress(OSError):
+                metrics_file.close()
+                self._write_skipped()
             self.method = method
             self._plot()
         return {
@@ -374,8 +507,15 @@ class Trainer:
             "epochs": r.train.epochs,
             "steps": global_step,
             "seconds": round(time.time() - started, 2),
+            "skipped_images": len(ds.bad or ()),
             "final": history[-1] if history else None,
         }
+
+    def _write_skipped(self) -> None:
+        """skipped.txt: one 'path<TAB>reason' line per image that could not be decoded."""
+        bad = self.data.bad if self.data is not None else None
+        if bad is not None and len(bad):
+            atomic_write(self.out / "skipped.txt", bad.lines().encode())
 
     def _step(self, method: Method, images, labels, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
         images = images.to(self.device, non_blocking=True)
@@ -404,23 +544,19 @@ class Trainer:
             return int(w)
         return 0 if split.images is not None else min(4, max(1, (os.cpu_count() or 2) - 1))
 
-    def _check_compatible(self, ckpt: dict) -> None:
-        r = self.recipe
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise UserError("checkpoint format is not one this sslcli version reads; start a new run with --force")
-        if ckpt.get("method") != r.method.name or ckpt.get("backbone") != r.backbone.name:
-            raise UserError(
-                f"checkpoint is from method '{ckpt.get('method')}' with backbone '{ckpt.get('backbone')}', but the recipe "
-                f"asks for '{r.method.name}' with '{r.backbone.name}'; resume with the run's own recipe.yaml"
-            )
-
     def _trim_metrics(self, global_step: int) -> None:
         """Drop records written after the checkpoint we resume from, so none appears twice."""
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= global_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if line.strip() and json.loads(line).get("step", 0) <= global_step:
+                    kept.append(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+        atomic_write(path, "".join(line + "\n" for line in kept).encode())
 
     @staticmethod
     def _log(f, record: dict) -> None:

@@ -70,6 +70,10 @@ class DataConfig:
     fraction: float = option(1.0, "train on this class-balanced fraction of the training split (labelled data)", min=1e-6, max=1)
     synthetic_train: int = option(2000, "synthetic sources: training images to generate", min=1)
     synthetic_val: int = option(500, "synthetic sources: validation images to generate", min=1)
+    max_bad_fraction: float = option(
+        0.01, "undecodable images are skipped and listed in skipped.txt; more than this fraction stops the run",
+        min=0, max=1,
+    )
 
 
 @dataclass
@@ -139,6 +143,32 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# Keys a resumed run may change: they extend the run or move it, never alter what it learns.
+RESUMABLE_CHANGES = frozenset({
+    "train.epochs", "train.device", "train.checkpoint_every", "train.keep_every", "train.log_every",
+    "data.workers", "data.cache_max_gb", "data.root", "data.max_bad_fraction",
+})
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_conflicts(saved: dict, recipe: Recipe) -> list[str]:
+    """'key (run X, now Y)' for each key where `recipe` departs from the run's `saved` recipe in a
+    way a resumed run cannot take."""
+    before, now = flatten(saved), flatten(recipe.to_dict())
+    return [f"{key} (run {before.get(key)!r}, now {now.get(key)!r})" for key in sorted(set(before) | set(now))
+            if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key)]
 
 
 # ---------------------------------------------------------------- type checking

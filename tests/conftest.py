@@ -39,3 +39,42 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+def write_images(folder, n: int, size=(24, 24), colour=(200, 10, 10), seed: int = 0, fmt: str = "png") -> list:
+    """`n` small noisy images of one dominant colour in `folder`."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        path = folder / f"{i:03d}.{fmt}"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_bad_images(folder) -> dict:
+    """Three files with image names that cannot be decoded: a corrupt JPEG (garbage after the
+    header), a truncated JPEG and a text file named .jpg."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    files = {
+        "corrupt": (folder / "corrupt.jpg", data[:20] + rng.integers(0, 255, len(data) - 20, dtype=np.uint8).tobytes()),
+        "truncated": (folder / "truncated.jpg", data[: len(data) // 2]),
+        "not_an_image": (folder / "notes.jpg", b"this is a text file with an image extension\n"),
+    }
+    for path, content in files.values():
+        path.write_bytes(content)
+    return {kind: path for kind, (path, _) in files.items()}

@@ -8,10 +8,11 @@ so it can run on the training device. Splits small enough are decoded once into 
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,53 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 TORCHVISION_SOURCES = ("cifar10", "cifar100", "stl10")
 SYNTHETIC_SOURCES = ("synthetic:shapes",)
 HOLDOUT_FRACTION = 0.1  # val share carved out of a single labelled split
+DECODE_SAMPLE = 16  # files decoded up front from a split too large to cache
+WARN_FIRST = 5  # bad images named on stderr; the rest are only listed in skipped.txt
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class BadImages:
+    """Images that cannot be decoded: skipped, counted and listed. When more than `max_fraction`
+    of the source's `total` images are bad, the source is refused (wrong folder, broken copy)."""
+
+    def __init__(self, source: str, total: int, max_fraction: float, warn: Callable[[str], None] = _warn):
+        self.source, self.total, self.max_fraction, self.warn = source, total, max_fraction, warn
+        self.found: dict[Path, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    def add(self, path: Path, reason: str) -> None:
+        if path in self.found:
+            return
+        self.found[path] = reason
+        self.check()
+        if len(self.found) <= WARN_FIRST:
+            more = "" if len(self.found) < WARN_FIRST else " (further ones are only listed in skipped.txt)"
+            self.warn(f"skipped unreadable image '{path}': {reason}{more}")
+
+    def check(self) -> None:
+        if len(self.found) > self.max_fraction * self.total:
+            path, reason = next(iter(self.found.items()))
+            raise UserError(
+                f"{len(self.found)} of {self.total} images of '{self.source}' cannot be decoded, more than "
+                f"data.max_bad_fraction={self.max_fraction:g} (first: '{path}': {reason}); "
+                f"repair or remove them, or raise data.max_bad_fraction"
+            )
+
+    def lines(self) -> str:
+        return "".join(f"{path}\t{reason}\n" for path, reason in self.found.items())
+
+
+def read_image(path: Path, size: int) -> tuple[Optional[torch.Tensor], str]:
+    """`load_image`, or (None, why) for a file that is not a decodable image."""
+    try:
+        return load_image(path, size), ""
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
+        return None, (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
 
 
 @dataclass
@@ -33,6 +81,7 @@ class Split:
     images: Optional[torch.Tensor] = None
     files: Optional[list[Path]] = None
     size: int = 0
+    bad: Optional[BadImages] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,22 +95,91 @@ class Split:
             return self.images[index], int(self.labels[index])
         return load_image(self.files[index], self.size), int(self.labels[index])
 
+    def read(self, index: int) -> tuple[Optional[torch.Tensor], int, int, str]:
+        """(image or None, label, index, why it failed): safe to call in DataLoader workers."""
+        if self.images is not None:
+            return self.images[index], int(self.labels[index]), index, ""
+        image, reason = read_image(self.files[index], self.size)
+        return image, int(self.labels[index]), index, reason
+
     def subset(self, indices: torch.Tensor) -> "Split":
         return Split(
             labels=self.labels[indices],
             images=None if self.images is None else self.images[indices],
             files=None if self.files is None else [self.files[i] for i in indices.tolist()],
             size=self.size,
+            bad=self.bad,
         )
 
     def cache(self, max_gb: float, workers: int = 0) -> "Split":
-        """Decode every image once into memory when they fit within `max_gb`."""
-        if self.images is not None or len(self) * 3 * self.size**2 > max_gb * 1e9:
+        """Decode every image once into memory when they fit within `max_gb`; undecodable ones
+        are left out (and recorded in `bad`). A larger split decodes a sample to check it."""
+        if self.images is not None:
             return self
         threads = max(1, workers or os.cpu_count() or 1)
+        if len(self) * 3 * self.size**2 > max_gb * 1e9:
+            step = max(1, len(self) // DECODE_SAMPLE)
+            sample = list(range(0, len(self), step))[:DECODE_SAMPLE]
+            with ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(lambda i: read_image(self.files[i], self.size), sample))
+            self._record_bad([self.files[i] for i in sample], results)
+            return self
         with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
-            decoded = list(pool.map(lambda f: load_image(f, self.size), self.files))
-        return Split(labels=self.labels, images=torch.stack(decoded), size=self.size)
+            results = list(pool.map(lambda f: read_image(f, self.size), self.files))
+        self._record_bad(self.files, results)
+        keep = [i for i, (image, _) in enumerate(results) if image is not None]
+        return Split(labels=self.labels[keep], images=torch.stack([results[i][0] for i in keep]), size=self.size,
+                     bad=self.bad)
+
+    def _record_bad(self, files: list[Path], results: list[tuple[Optional[torch.Tensor], str]]) -> None:
+        failed = [(path, reason) for path, (image, reason) in zip(files, results) if image is None]
+        if failed and len(failed) == len(files):
+            path, reason = failed[0]
+            raise UserError(f"none of the {len(files)} images tried in '{path.parent}' can be decoded (first: '{path}': "
+                            f"{reason}); give a folder of JPEG/PNG images")
+        for path, reason in failed:
+            self.bad.add(path, reason)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _collate(items: list[tuple[Optional[torch.Tensor], int, int, str]]) -> tuple[Batch, list[tuple[int, str]]]:
+    good = [item for item in items if item[0] is not None]
+    images = torch.stack([item[0] for item in good]) if good else torch.zeros(0, dtype=torch.uint8)
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    index = torch.tensor([item[2] for item in good], dtype=torch.long)
+    return (images, labels, index), [(item[2], item[3]) for item in items if item[0] is None]
+
+
+def load_batches(split: Split, batches: list[torch.Tensor], workers: int = 0) -> Iterator[Batch]:
+    """(uint8 images, labels, indices) for each batch of split indices. Images that cannot be
+    decoded are left out of their batch and recorded in `split.bad` (which may refuse the data)."""
+    if split.images is not None:
+        for idx in batches:
+            yield split.images[idx], split.labels[idx], idx
+        return
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _Reader(split), batch_sampler=[b.tolist() for b in batches], num_workers=workers, collate_fn=_collate
+        )
+    else:
+        loader = (_collate([split.read(i) for i in idx.tolist()]) for idx in batches)
+    for batch, failed in loader:
+        for index, reason in failed:
+            split.bad.add(split.files[index], reason)
+        yield batch
+
+
+class _Reader(torch.utils.data.Dataset):
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.split.read(index)
 
 
 @dataclass
@@ -71,6 +189,9 @@ class DataSource:
     val: Optional[Split]
     classes: Optional[list[str]]
     image_size: int
+
+    kind: str = "images"
+    bad: Optional[BadImages] = None
 
     @property
     def labelled(self) -> bool:
@@ -129,13 +250,28 @@ def _class_folder_split(root: Path, classes: Optional[list[str]] = None) -> tupl
 
 
 def _native_folder_size(files: list[Path]) -> int:
-    with Image.open(files[0]) as img:
-        return min(min(img.size), 224)
+    """The smaller side of the first decodable of the first few files (at most 224)."""
+    for path in files[:DECODE_SAMPLE]:
+        try:
+            with Image.open(path) as img:
+                return min(min(img.size), 224)
+        except Exception:  # damaged files are reported when the split is decoded
+            continue
+    raise UserError(f"none of the first {min(len(files), DECODE_SAMPLE)} images in '{files[0].parent}' can be decoded "
+                    f"(first: '{files[0]}'); give a folder of JPEG/PNG images")
 
 
 def _folder_source(root: Path, image_size: int | str, seed: int) -> DataSource:
     if not root.is_dir():
         raise UserError(f"data folder '{root}' is not a directory; give a folder of images or class subfolders")
+    try:
+        return _read_folder(root, image_size, seed)
+    except PermissionError as exc:
+        raise UserError(f"data folder '{exc.filename or root}' cannot be read (permission denied); "
+                        f"fix its permissions or copy the data somewhere readable") from None
+
+
+def _read_folder(root: Path, image_size: int | str, seed: int) -> DataSource:
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
         train_files, train_labels, classes = _class_folder_split(root / "train")
@@ -226,8 +362,11 @@ def open_source(
     synthetic_train: int = 2000,
     synthetic_val: int = 500,
     cache_max_gb: float = 4.0,
+    max_bad_fraction: float = 0.01,
+    warn: Callable[[str], None] = _warn,
 ) -> DataSource:
-    """Resolve `--data` into a DataSource; bad sources raise UserError naming the fix."""
+    """Resolve `--data` into a DataSource; bad sources raise UserError naming the fix. Images
+    that cannot be decoded are skipped and recorded in `DataSource.bad`."""
     if source in SYNTHETIC_SOURCES:
         ds = _synthetic_source(source, image_size, seed, synthetic_train, synthetic_val)
     elif source.startswith("synthetic:"):
@@ -242,6 +381,10 @@ def open_source(
                 f"{', '.join(TORCHVISION_SOURCES)} or {', '.join(SYNTHETIC_SOURCES)}"
             )
         ds = _folder_source(path, image_size, seed)
+    ds.bad = BadImages(source, len(ds.train) + (len(ds.val) if ds.val is not None else 0), max_bad_fraction, warn)
+    for split in (ds.train, ds.val):
+        if split is not None:
+            split.bad = ds.bad
     ds.train = ds.train.cache(cache_max_gb)
     if ds.val is not None:
         ds.val = ds.val.cache(cache_max_gb)

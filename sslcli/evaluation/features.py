@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import eval_view
-from ..data.sources import Split
+from ..data.sources import Split, load_batches
 from ..engine import autocast, autocast_dtype
 from ..errors import UserError, did_you_mean
 
@@ -75,15 +75,6 @@ def pool_side(channels: int, height: int, max_dims: int = MAX_LAYER_DIMS) -> int
     return 1
 
 
-def _batches(split: Split, batch_size: int):
-    for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(len(split), start + batch_size))
-        if split.images is not None:
-            yield idx, split.images[idx]
-        else:
-            yield idx, torch.stack([split[i][0] for i in idx.tolist()])
-
-
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -93,11 +84,14 @@ def extract_features(
     precision: str = "auto",
     normalize: bool = True,
     layers: list[Layer | None] | None = None,
+    kept: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of every image in `split`, in order, and its labels.
+    """Features of every decodable image in `split`, in order, and its labels.
 
     Without `layers`: the pooled output (N x D float32 on CPU, L2-normalised by default).
-    With `layers`: a dict from layer name ('last' for None) to N x D features, one forward pass."""
+    With `layers`: a dict from layer name ('last' for None) to N x D features, one forward pass.
+    Images that cannot be decoded are left out; pass a list as `kept` to receive the indices
+    of the images that were used."""
     if isinstance(model, nn.Module):  # a plain callable (e.g. a classifier's forward) is used as given
         model.eval().to(device)
     dtype = autocast_dtype(precision, device)
@@ -105,7 +99,12 @@ def extract_features(
     indices = sorted({layer.index for layer in wanted if layer is not None})
     out: dict[str, list[torch.Tensor]] = {("last" if layer is None else layer.name): [] for layer in wanted}
     labels = []
-    for idx, images in _batches(split, batch_size):
+    chunks = [torch.arange(start, min(len(split), start + batch_size)) for start in range(0, len(split), batch_size)]
+    for images, batch_labels, idx in load_batches(split, chunks):
+        if kept is not None:
+            kept.append(idx)
+        if not len(images):
+            continue
         x = eval_view(images.to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             if indices:
@@ -121,7 +120,7 @@ def extract_features(
                 fmap = by_index[layer.index].float()
                 side = pool_side(fmap.shape[1], fmap.shape[2])
                 out[layer.name].append(F.adaptive_avg_pool2d(fmap, side).flatten(1).cpu())
-        labels.append(split.labels[idx])
+        labels.append(batch_labels)
     feats = {name: torch.cat(parts) for name, parts in out.items()}
     if normalize:
         feats = {name: F.normalize(f, dim=1) for name, f in feats.items()}

@@ -19,8 +19,13 @@ def epoch_records(metrics_file: Path) -> list[dict]:
     """The per-epoch records of a metrics.jsonl (those with 'epoch_seconds')."""
     if not metrics_file.is_file():
         return []
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "epoch_seconds" in r]
+    rows = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # blank, or cut short by a kill
+            continue
+    return [r for r in rows if isinstance(r, dict) and "epoch_seconds" in r]
 
 
 def plot_curves(run: Path, out: Path | None = None) -> Path | None:

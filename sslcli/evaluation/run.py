@@ -16,31 +16,43 @@ from .features import extract_features, select_layers
 from .knn import knn_predict, topk_accuracy
 
 
+def _run_data_section(model_spec: str) -> dict:
+    """The `data` section of a run folder's recipe.yaml, or {} for other models."""
+    recipe = Path(model_spec) / "recipe.yaml"
+    if model_spec.startswith("random:") or not recipe.is_file():
+        return {}
+    import yaml
+
+    try:
+        section = (yaml.safe_load(recipe.read_text()) or {}).get("data")
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    return section if isinstance(section, dict) else {}
+
+
 def default_data(model_spec: str, data: str | None) -> str:
     """`--data` as given, else the data a run folder was trained on, else synthetic:shapes."""
     if data:
         return data
-    recipe = Path(model_spec) / "recipe.yaml"
-    if not model_spec.startswith("random:") and recipe.is_file():
-        import yaml
-
-        try:
-            source = ((yaml.safe_load(recipe.read_text()) or {}).get("data") or {}).get("source")
-        except yaml.YAMLError:
-            source = None
-        if isinstance(source, str) and source:
-            return source
-    return "synthetic:shapes"
+    source = _run_data_section(model_spec).get("source")
+    return source if isinstance(source, str) and source else "synthetic:shapes"
 
 
 def open_model_and_data(model_spec: str, data: str, purpose: str, need_labels: bool = True
                         ) -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
     """The model and data for an evaluation; images at the size the model was trained at."""
     size = "auto"
-    if not model_spec.startswith("random:"):
+    if model_spec.startswith("random:"):  # refuse a bad name before the data is read
+        from ..backbones import check_backbone_name
+
+        if not model_spec[len("random:"):]:
+            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+        check_backbone_name(model_spec[len("random:"):])
+    else:
         model, info = load_model(model_spec)
         size = info.input_size
-    ds = open_source(data, size, purpose="eval")
+    bad = _run_data_section(model_spec).get("max_bad_fraction")  # a run's own tolerance for damaged images
+    ds = open_source(data, size, purpose="eval", **({"max_bad_fraction": float(bad)} if isinstance(bad, (int, float)) else {}))
     if model_spec.startswith("random:"):
         model, info = load_model(model_spec, ds.image_size)
     if need_labels and not ds.labelled:
@@ -142,7 +154,9 @@ def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k
         raise UserError(f"--out folder '{out.parent}' does not exist; create it first")
     dev = select_device(device)
     model, info, ds = open_model_and_data(model_spec, data, "visualize-neighbours", need_labels=False)
-    train_f, _ = extract_features(model, ds.train, dev)
+    kept: list[torch.Tensor] = []
+    train_f, _ = extract_features(model, ds.train, dev, kept=kept)
+    train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
     if query_files:
         images, labels = [], []
         for name in query_files:
@@ -162,7 +176,7 @@ def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k
         q_images = torch.stack([pool[i][0] for i in pick.tolist()])
         q_labels = pool.labels[pick]
     q_f, _ = extract_features(model, Split(labels=q_labels, images=q_images, size=ds.image_size), dev)
-    rows = neighbour_rows(q_images, q_labels, q_f, ds.train, train_f, ds.classes, k)
+    rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
     tmp = out.with_name(out.name + ".tmp.png")
     grid.save(tmp)

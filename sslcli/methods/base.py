@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
 from ..recipe import MethodConfig, Recipe
 
 StepOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -36,6 +37,19 @@ class Method(nn.Module):
         self.image_size = image_size
         crop = recipe.augment.crop_size
         self.crop_size = image_size if crop == "auto" else int(crop)
+
+    @classmethod
+    def check_data(cls, data: Any, recipe: Recipe) -> None:
+        """Refuse, with a UserError naming the fix, data this method cannot train on. Called
+        before anything is written; plugins with further needs (tile sizes, clip lengths)
+        extend it."""
+        kind = getattr(data, "kind", "images")
+        if kind != cls.data_kind:
+            raise UserError(f"method '{cls.name}' trains on {cls.data_kind}, but '{data.name}' holds {kind}; "
+                            f"see `sslcli methods` for what each method takes")
+        if cls.uses_labels and not data.labelled:
+            raise UserError(f"method '{cls.name}' trains with labels, but '{data.name}' is unlabelled; "
+                            f"use a folder of class subfolders")
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None) -> Any:
         """Turn a batch of uint8 images (on the training device) into this method's inputs.

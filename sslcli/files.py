@@ -1,0 +1,31 @@
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Write to PATH.tmp, fsync, then rename over `path`: the previous file stays intact until the
+    new one is complete. On failure (a full disk) the partial temporary file is removed and the
+    OSError is raised."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Remove temporary files a killed process left behind in `folder`."""
+    if folder.is_dir():
+        for leftover in folder.glob(f"*{TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)

@@ -1,0 +1,208 @@
+"""The bad-input matrix: every case exits with its code and one `error:` line, shows no
+traceback, and creates or changes nothing (the whole working folder is compared before/after)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, write_bad_images, write_images
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch SimCLR run folder, copied by the cases that need one."""
+    from sslcli.cli import main
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", "--method", "simclr", "--epochs", "1", *TINY, "--out", str(out)])
+    assert done.value.code == 0
+    return out
+
+
+def _labelled(root: Path, per_class: int = 12) -> Path:
+    for cls, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        write_images(root / cls, per_class, colour=colour)
+    return root
+
+
+def _unreadable(root: Path) -> Path:
+    root.mkdir()
+    root.chmod(0o000)
+    return root
+
+
+def _broken_run(run: Path, part: str) -> Path:
+    target = run / ("checkpoints/last.pt" if part == "checkpoint" else "backbone.safetensors")
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
+    return run
+
+
+def _recipe_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+class Workspace:
+    """Makes the inputs a case names as {PLACEHOLDER}, inside the test's own folder."""
+
+    def __init__(self, root: Path, finished_run: Path):
+        self.root, self.finished_run = root, finished_run
+
+    def run_copy(self) -> Path:
+        target = self.root / "run"
+        if not target.exists():
+            shutil.copytree(self.finished_run, target)
+        return target
+
+    def make(self, name: str) -> str:
+        r = self.root
+        makers = {
+            "OUT": lambda: r / "out",
+            "MISSING": lambda: r / "no-such-folder",
+            "EMPTY": lambda: (r / "empty").mkdir() or r / "empty",
+            "NOIMAGES": lambda: _recipe_file((r / "docs" / "a").mkdir(parents=True) or r / "docs" / "a" / "readme.txt",
+                                             "text").parent.parent,
+            "FLAT": lambda: write_images(r / "flat", 6)[0].parent,
+            "ALLBAD": lambda: write_bad_images(r / "allbad" / "x")["corrupt"].parent.parent,
+            "SOMEBAD": lambda: (_labelled(r / "somebad"), write_bad_images(r / "somebad" / "red"))[0],
+            "FILE": lambda: _recipe_file(r / "data.txt", "not a folder"),
+            "UNREADABLE": lambda: _unreadable(r / "locked"),
+            "RUN": self.run_copy,
+            "TRUNCATED_CKPT": lambda: _broken_run(self.run_copy(), "checkpoint"),
+            "TRUNCATED_WEIGHTS": lambda: _broken_run(self.run_copy(), "weights"),
+            "TYPO_KEY": lambda: _recipe_file(r / "typo.yaml", "method: {name: simclr}\noptim: {lrr: 0.1}\n"),
+            "TYPO_SECTION": lambda: _recipe_file(r / "section.yaml", "method: {name: simclr}\ntrian: {epochs: 1}\n"),
+            "BAD_YAML": lambda: _recipe_file(r / "broken.yaml", "method: {name: simclr\noptim: [\n"),
+            "NOT_WRITABLE": lambda: Path("/proc/sslcli-test/run"),
+        }
+        return str(makers[name]())
+
+    def resolve(self, args: list[str]) -> list[str]:
+        out = []
+        for arg in args:
+            while "{" in arg:
+                start, end = arg.index("{"), arg.index("}")
+                arg = arg[:start] + self.make(arg[start + 1:end]) + arg[end + 1:]
+            out.append(arg)
+        return out
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under `root` with its size, mtime and content hash."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            state[str(path.relative_to(root))] = (path.stat().st_size, path.stat().st_mtime_ns,
+                                                  hashlib.sha1(path.read_bytes()).hexdigest())
+        elif path.is_dir():
+            try:
+                state[str(path.relative_to(root)) + "/"] = (path.stat().st_mtime_ns,)
+            except PermissionError:
+                pass
+    return state
+
+
+P = ["pretrain", "--out", "{OUT}"]
+SYNTH = ["--method", "simclr", *TINY]
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+CASES = [
+    # data
+    ("missing data path", [*P, *SYNTH, "--data", "{MISSING}"], "does not exist"),
+    ("empty folder", [*P, *SYNTH, "--data", "{EMPTY}"], "holds no images"),
+    ("folder with no images", [*P, *SYNTH, "--data", "{NOIMAGES}"], "no images found"),
+    ("data path is a file", [*P, *SYNTH, "--data", "{FILE}"], "is not a directory"),
+    pytest.param("unreadable data folder", [*P, *SYNTH, "--data", "{UNREADABLE}"], "cannot be read",
+                 marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")),
+    ("no image decodes", [*P, *SYNTH, "--data", "{ALLBAD}"], "can be decoded"),
+    ("too many undecodable images", [*P, *SYNTH, "--data", "{SOMEBAD}"], "more than data.max_bad_fraction=0.01"),
+    ("unknown synthetic source", [*P, *SYNTH, "--data", "synthetic:blobs"], "unknown synthetic source"),
+    ("knn on unlabelled data", ["knn", "random:resnet18", "--data", "{FLAT}"], "needs labelled"),
+    ("probe on unlabelled data", ["probe", "random:resnet18", "--data", "{FLAT}"], "needs labelled"),
+    ("finetune on unlabelled data", ["finetune", "random:resnet18", "--data", "{FLAT}", "--out", "{OUT}"],
+     "trains with labels"),
+    ("label fraction of unlabelled data", [*P, *SYNTH, "--data", "{FLAT}", "--batch-size", "2", "--set",
+                                           "data.fraction=0.5"], "needs labels"),
+    ("backbone that cannot take the images", [*P, *SYNTH, "--backbone", "vit_tiny_patch16_224"],
+     "cannot train on 32-px images"),
+    # names and recipes
+    ("unknown method", [*P, "--method", "simclrr"], "did you mean 'simclr'"),
+    ("unknown backbone", [*P, *SYNTH, "--backbone", "resnt18"], "did you mean 'resnet18'"),
+    ("unknown recipe key (--set)", [*P, *SYNTH, "--set", "optim.lrr=1"], "did you mean 'lr'"),
+    ("unknown recipe key (file)", [*P, "--recipe", "{TYPO_KEY}"], "did you mean 'lr'"),
+    ("unknown recipe section", [*P, "--recipe", "{TYPO_SECTION}"], "did you mean 'train'"),
+    ("wrong type for a key", [*P, *SYNTH, "--set", "train.epochs=abc"], "must be an integer, got 'abc'"),
+    ("zero batch size", [*P, *SYNTH, "--batch-size", "0"], "at least 1"),
+    ("negative batch size", [*P, *SYNTH, "--batch-size", "-4"], "at least 1"),
+    ("batch larger than the dataset", [*P, *SYNTH, "--batch-size", "500"], "larger than the 96 training images"),
+    ("YAML syntax error", [*P, "--recipe", "{BAD_YAML}"], "at line 2, column 6"),
+    ("recipe file missing", [*P, "--recipe", "nope.yaml"], "does not exist"),
+    ("--set without =", [*P, *SYNTH, "--set", "train.epochs"], "has no '='"),
+    ("nothing to train", [*P], "say what to train"),
+    # the output folder
+    ("--out not writable", ["pretrain", *SYNTH, "--out", "{NOT_WRITABLE}"], "is not writable"),
+    ("--out is a file", ["pretrain", *SYNTH, "--out", "{FILE}"], "is a file"),
+    ("--out non-empty without --resume/--force", ["pretrain", *SYNTH, "--out", "{RUN}"], "is not empty"),
+    ("--resume and --force together", ["pretrain", *SYNTH, "--out", "{RUN}", "--resume", "--force"], "contradict"),
+    # resuming
+    ("--resume with no checkpoint", [*P, *SYNTH, "--resume"], "holds no run to continue"),
+    ("--resume of a truncated checkpoint", ["pretrain", "--out", "{TRUNCATED_CKPT}", "--resume"], "cannot be read"),
+    ("--resume with another method", ["pretrain", "--method", "rotation", "--out", "{RUN}", "--resume"],
+     "trains 'simclr', not 'rotation'"),
+    ("--resume with another method's recipe", ["pretrain", "--recipe", "rotation", "--out", "{RUN}", "--resume"],
+     "checkpoint is from method 'simclr'"),
+    ("--resume with another backbone", ["pretrain", "--out", "{RUN}", "--resume", "--backbone", "resnet34"],
+     "with backbone 'resnet18'"),
+    ("--resume with a changed learning rate", ["pretrain", "--out", "{RUN}", "--resume", "--set", "optim.lr=9"],
+     "differs from the run's in optim.lr (run 0.6, now 9.0)"),
+    # models
+    ("MODEL path does not exist", ["knn", "{MISSING}"], "does not exist"),
+    ("random: with an unknown name", ["knn", "random:resnt18"], "did you mean 'resnet18'"),
+    ("random: with no name", ["knn", "random:"], "needs a timm model name"),
+    ("damaged backbone.safetensors", ["knn", "{TRUNCATED_WEIGHTS}"], "damaged"),
+    ("kNN k not a number", ["knn", "random:resnet18", "--k", "many"], "must be a number"),
+    ("unknown probe layer", ["probe", "random:resnet18", "--layers", "layer9"], "unknown layer 'layer9'"),
+    ("neighbours picture not a PNG", ["visualize-neighbours", "random:resnet18", "--out", "{OUT}.jpg"], "must end in .png"),
+    pytest.param("--device cuda without CUDA", [*P, *SYNTH, "--device", "cuda"], "no usable CUDA", marks=no_cuda),
+]
+
+
+@pytest.mark.parametrize("case, args, message", CASES, ids=[c[0] if isinstance(c, tuple) and isinstance(c[0], str) else c.values[0] for c in CASES])
+def test_bad_input(cli, tmp_path, monkeypatch, finished_run, case, args, message):
+    work = Workspace(tmp_path, finished_run)
+    args = work.resolve(args)
+    monkeypatch.chdir(tmp_path)  # a default run folder would land here and be noticed
+    before = snapshot(tmp_path)
+    r = cli(*args)
+    assert r.code == 2, (r.code, r.err)
+    assert "Traceback" not in r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.err
+    assert message in lines[0], lines[0]
+    assert snapshot(tmp_path) == before, "a refused command created or changed files"
+
+
+def test_the_matrix_is_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+def test_too_little_disk_space_is_refused_before_writing(cli, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5_000_000, 5_000_000))
+    r = cli("pretrain", *SYNTH, "--out", tmp_path / "out")
+    assert r.code == 2 and "5 MB free, but this run needs about" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(cli, tmp_path):
+    with pytest.raises(Exception, match="did you mean 'simclr'"):
+        cli("--debug", "pretrain", "--method", "simclrr", "--out", tmp_path / "out")
