@@ -78,3 +78,11 @@ def write_bad_images(folder) -> dict:
     for path, content in files.values():
         path.write_bytes(content)
     return {kind: path for kind, (path, _) in files.items()}
+
+
+def pretrain_run(out, *args: str):
+    """Run `sslcli pretrain ARGS --out OUT` in this process (for module fixtures) and return OUT."""
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", *map(str, args), "--out", str(out)])
+    assert done.value.code == 0
+    return out

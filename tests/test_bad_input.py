@@ -11,19 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, write_bad_images, write_images
+from conftest import TINY, pretrain_run, write_bad_images, write_images
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A one-epoch SimCLR run folder, copied by the cases that need one."""
-    from sslcli.cli import main
-
-    out = tmp_path_factory.mktemp("finished") / "run"
-    with pytest.raises(SystemExit) as done:
-        main(["pretrain", "--method", "simclr", "--epochs", "1", *TINY, "--out", str(out)])
-    assert done.value.code == 0
-    return out
+    return pretrain_run(tmp_path_factory.mktemp("finished") / "run", "--method", "simclr", "--epochs", "1", *TINY)
 
 
 def _labelled(root: Path, per_class: int = 12) -> Path:

@@ -105,3 +105,17 @@ def test_torchvision_source_failure_names_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "CIFAR10", offline)
     with pytest.raises(UserError, match=str(tmp_path / "c10")):
         open_source("cifar10", root=str(tmp_path / "c10"))
+
+
+def test_method_refuses_data_of_another_kind():
+    from sslcli.methods.base import Method
+    from sslcli.recipe import resolve_recipe
+
+    class ClipOrder(Method):
+        name = "clip-order"
+        data_kind = "video"
+
+    recipe = resolve_recipe({"method": {"name": "rotation"}}, lambda name: Method.Config)
+    images = open_source("synthetic:shapes", 16, synthetic_train=10, synthetic_val=10)
+    with pytest.raises(UserError, match="trains on video, but 'synthetic:shapes' holds images"):
+        ClipOrder.check_data(images, recipe)

@@ -79,7 +79,8 @@ def test_rotation_short_run_learns(cli, tmp_path):
     assert mean_of(records[-3:], "loss") < mean_of(records[:3], "loss") - 0.5
 
 
-def test_sigint_mid_epoch_then_resume_matches_straight_run(cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_epoch_then_resume_matches_straight_run(cli, tmp_path, monkeypatch, signum):
     from sslcli.methods.rotation import Rotation
 
     args = ["pretrain", "--method", "rotation", "--epochs", "2", *TINY]
@@ -87,7 +88,7 @@ def test_sigint_mid_epoch_then_resume_matches_straight_run(cli, tmp_path, monkey
 
     def interrupt_at_step_4(self, progress):  # 3 steps an epoch: step 4 is mid epoch 2
         if round(progress * 6) == 4:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     with monkeypatch.context() as m:
         m.setattr(Rotation, "on_step_end", interrupt_at_step_4)

@@ -11,7 +11,7 @@ from sslcli.evaluation.features import MAX_LAYER_DIMS, extract_features, model_l
 from sslcli.evaluation.neighbours import BLUE, BORDER, GAP, GREEN, RED, Tile, draw_grid
 from sslcli.evaluation.probe import train_linear_probe
 
-from conftest import TINY
+from conftest import TINY, pretrain_run
 
 
 def test_resnet_layers_are_named_as_timm_reports_them():
@@ -86,13 +86,7 @@ def test_grid_size_and_layout():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from sslcli.cli import main
-
-    out = tmp_path_factory.mktemp("eval") / "run"
-    with pytest.raises(SystemExit) as done:
-        main(["pretrain", "--method", "rotation", "--epochs", "2", *TINY, "--out", str(out)])
-    assert done.value.code == 0
-    return out
+    return pretrain_run(tmp_path_factory.mktemp("eval") / "run", "--method", "rotation", "--epochs", "2", *TINY)
 
 
 def test_pretrain_draws_curves(tiny_run):
