@@ -200,3 +200,21 @@ def test_too_little_disk_space_is_refused_before_writing(cli, tmp_path, monkeypa
 def test_debug_shows_the_traceback(cli, tmp_path):
     with pytest.raises(Exception, match="did you mean 'simclr'"):
         cli("--debug", "pretrain", "--method", "simclrr", "--out", tmp_path / "out")
+
+
+def test_unreadable_data_folder(cli, tmp_path, monkeypatch):
+    """Permission denied while listing the data (simulated: root reads any folder)."""
+    locked = tmp_path / "locked"
+    write_images(locked / "a", 4)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    r = cli("pretrain", *SYNTH, "--data", locked, "--out", tmp_path / "out")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert f"data folder '{locked}' cannot be read (permission denied)" in r.err
+    assert not (tmp_path / "out").exists()
