@@ -150,7 +150,7 @@ def _check_out(out: Path, resume: bool, force: bool) -> None:
 
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json", "curves.png",
-             "eval.json", "skipped.txt")
+             "eval.json", "skipped.txt", "visual.png")
 
 
 def _create_out(out: Path, force: bool) -> None:

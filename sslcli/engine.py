@@ -272,6 +272,7 @@ class Trainer:
         check_backbone_name(self.recipe.backbone.name)
         ds = self.open_data()
         self.method, self.info = self.build(ds)
+        self.method.setup(ds.train)
         self._dry_step(self.method, ds)
         self._check_space()
         if self.resume_state is not None:
@@ -444,6 +445,7 @@ class Trainer:
                     method.train()
                     order = epoch_order(len(ds.train), r.train.seed, epoch)
                     sums: dict[str, float] = {}
+                    counts: dict[str, int] = {}  # per key: a multi-task step reports only its own task
                     count = 0
                     epoch_start, seen = time.time(), 0
                     first = start_step if epoch == start_epoch else 0
@@ -468,6 +470,7 @@ class Trainer:
                         count += 1
                         for k, v in {"loss": loss, **metrics}.items():
                             sums[k] = sums.get(k, 0.0) + v
+                            counts[k] = counts.get(k, 0) + 1
                         lr = optimizer.param_groups[0]["lr"]
                         ips = images.shape[0] / max(1e-9, time.time() - t0)
                         progress.update(task, advance=1, loss=loss, lr=lr, ips=ips)
@@ -478,7 +481,7 @@ class Trainer:
                             save(epoch, step + 1)
                             raise Interrupted(f"interrupted at epoch {epoch + 1}, step {global_step}; checkpoint saved")
                     elapsed = time.time() - epoch_start
-                    record = {"epoch": epoch + 1, "step": global_step, **{k: v / max(1, count) for k, v in sums.items()},
+                    record = {"epoch": epoch + 1, "step": global_step, **{k: v / counts[k] for k, v in sums.items()},
                               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(1e-9, elapsed),
                               "epoch_seconds": elapsed}
                     self._log(metrics_file, record)
@@ -500,6 +503,7 @@ class Trainer:
                 self._write_skipped()
             self.method = method
             self._plot()
+        self._visualize(method, ds)
         return {
             "out": str(self.out),
             "method": r.method.name,
@@ -529,6 +533,25 @@ class Trainer:
         scaler.step(optimizer)
         scaler.update()
         return float(loss.detach()), {k: float(v) for k, v in metrics.items()}
+
+    def _visualize(self, method: Method, ds: DataSource, count: int = 8) -> None:
+        """visual.png: the method's own picture (e.g. colourised or inpainted val images)."""
+        split = ds.val if ds.val is not None and len(ds.val) else ds.train
+        pick = torch.linspace(0, len(split) - 1, min(count, len(split))).long()
+        try:
+            decoded = [split.read(i)[0] for i in pick.tolist()]
+            images = torch.stack([image for image in decoded if image is not None])
+            method.eval()
+            with torch.no_grad():
+                picture = method.visualize(images.to(self.device))
+            if picture is not None:
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG")
+                atomic_write(self.out / "visual.png", buffer.getvalue())
+        except Exception as exc:  # a picture must never cost a run
+            self.console.print(f"[yellow]warning: visual.png not written ({exc})[/yellow]")
+        finally:
+            method.train()
 
     def _plot(self) -> None:
         from .evaluation.plots import plot_curves

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from .methods.base import Method
 
 _METHODS: dict[str, type["Method"]] = {}
-BUILTIN_MODULES = ("simclr", "rotation", "supervised")
 _loaded = False
 
 
@@ -35,8 +34,13 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"sslcli.methods.{module}")
+    import pkgutil
+
+    from . import methods
+
+    for module in pkgutil.iter_modules(methods.__path__):  # one file per method: adding it is enough
+        if not module.name.startswith("_") and module.name != "base":
+            importlib.import_module(f"sslcli.methods.{module.name}")
     for ep in entry_points(group="sslcli.methods"):
         ep.load()
 

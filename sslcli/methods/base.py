@@ -51,6 +51,17 @@ class Method(nn.Module):
             raise UserError(f"method '{cls.name}' trains with labels, but '{data.name}' is unlabelled; "
                             f"use a folder of class subfolders")
 
+    def setup(self, train: Any) -> None:
+        """Called once before training with the training split (a `Split` of uint8 images), for
+        methods that derive fixed state from the data, such as a colour prior. Keep such state in
+        registered buffers: a resumed run loads it from the checkpoint afterwards."""
+
+    def visualize(self, images: torch.Tensor) -> Optional[Any]:
+        """A picture of what the method does on a few uint8 val images (on the training device),
+        as a PIL image written to the run folder as visual.png at the end of training; None for
+        methods with nothing to show."""
+        return None
+
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None) -> Any:
         """Turn a batch of uint8 images (on the training device) into this method's inputs.
         `labels` is given only to methods with `uses_labels`."""

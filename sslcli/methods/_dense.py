@@ -1,0 +1,47 @@
+"""Dense prediction on top of any timm backbone, shared by the pixel-level pretext tasks
+(colourisation, inpainting): the backbone's last feature maps fused by a light decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+
+def dense_layers(backbone: nn.Module, count: int = 3) -> tuple[list[int], list[int]]:
+    """timm feature indices and channels of the backbone's last `count` stages (for a ResNet:
+    layer2, layer3, layer4), so every stage is trained by the dense task."""
+    info = getattr(backbone, "feature_info", None)
+    if not info or not hasattr(backbone, "forward_intermediates"):
+        raise UserError(f"backbone '{type(backbone).__name__}' exposes no intermediate feature maps to timm; "
+                        f"pixel-level tasks need one that does (ResNets, ConvNeXts, ViTs, ...)")
+    entries = list(info) if isinstance(info, list) else [info.get_dicts()[i] for i in range(len(info))]
+    chosen = list(range(len(entries)))[-count:]
+    return chosen, [entries[i]["num_chs"] for i in chosen]
+
+
+class LightDecoder(nn.Module):
+    """Each feature map goes through a 1x1 convolution to `width` channels and is upsampled to the
+    finest map's grid; the sum passes a 3x3 convolution, BN, ReLU and a 1x1 convolution to
+    `out_channels`, then is resized to the requested output side."""
+
+    def __init__(self, backbone: nn.Module, out_channels: int, width: int = 128, count: int = 3):
+        super().__init__()
+        self.indices, channels = dense_layers(backbone, count)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_channels, 1),
+        )
+
+    def forward(self, backbone: nn.Module, x: torch.Tensor, out_size: int) -> torch.Tensor:
+        maps = backbone.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+        size = maps[0].shape[-2:]
+        fused = sum(F.interpolate(lat(m), size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size
+                    else lat(m) for lat, m in zip(self.lateral, maps))
+        out = self.fuse(fused)
+        if out.shape[-1] != out_size:
+            out = F.interpolate(out, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        return out
