@@ -47,6 +47,9 @@ class MethodConfig:
 
     name: str = option("", "method plugin name (see `sslcli methods`)")
 
+    def validate(self) -> None:
+        """Checks across keys, run when the recipe is resolved; raise UserError naming the fix."""
+
 
 @dataclass
 class BackboneConfig:
@@ -110,7 +113,7 @@ class TrainConfig:
     epochs: int = option(30, "passes over the training data", min=1)
     batch_size: int = option(128, "images per step", min=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", "auto: bf16 autocast on CPUs with bf16 support, fp16 AMP on CUDA"
+        "auto", "auto: fp32 on the CPU, bf16 (or fp16 AMP) on CUDA"
     )
     seed: int = option(0, "seed for weights, data order and augmentation")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available")
@@ -181,7 +184,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
+            dict: "a mapping"}.get(
         tp, str(tp)
     )
 
@@ -225,6 +229,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         return _NO
     if tp is str:
         return value if isinstance(value, str) else _NO
+    if tp is dict:
+        return value if isinstance(value, dict) else _NO
     raise TypeError(f"unsupported recipe type {tp}")
 
 
@@ -342,6 +348,7 @@ def resolve_recipe(
     method = build_section(method_config(str(name)), method_raw, "method")
     sections = {s: build_section(cls, raw.get(s), s) for s, cls in SECTIONS.items()}
     recipe = Recipe(method=method, **sections)
+    method.validate()
     _check_consistency(recipe)
     return recipe
 

@@ -124,6 +124,8 @@ CASES = [
      "trains with labels"),
     ("label fraction of unlabelled data", [*P, *SYNTH, "--data", "{FLAT}", "--batch-size", "2", "--set",
                                            "data.fraction=0.5"], "needs labels"),
+    ("images smaller than jigsaw tiles", [*P, "--method", "jigsaw", *TINY, "--set", "data.image_size=16"],
+     "tiles must be at least 8 px"),
     ("backbone that cannot take the images", [*P, *SYNTH, "--backbone", "vit_tiny_patch16_224"],
      "cannot train on 32-px images"),
     # names and recipes

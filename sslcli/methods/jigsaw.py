@@ -1,0 +1,222 @@
+"""Jigsaw puzzles: an image is cut into a 3x3 grid of tiles, the tiles are shuffled by one of a
+fixed set of permutations, and the network says which. Noroozi and Favaro, "Unsupervised
+Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV 2016.
+
+The permutation set is chosen greedily from all 9! orders for maximal Hamming distance, so
+the puzzles are far apart and the task cannot be solved by looking at one or two tiles. Each
+tile sits at a random offset inside its cell (no edge continuation), is normalised on its own,
+and may be turned grey or have its colour channels shifted by a pixel (no chromatic-aberration
+or colour-statistics shortcut). The same backbone embeds all nine tiles (a siamese network with
+shared weights); the nine embeddings are concatenated and classified. PIRL reuses these
+functions for its transformed view.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.augment import ViewAugment
+from ..errors import UserError
+from ..recipe import MethodConfig, option
+from ..registry import register_method
+from .base import Method, StepOutput
+
+GRID = 3
+TILES = GRID * GRID
+MIN_TILE = 8  # pixels: smaller tiles leave the backbone nothing to see
+TILE_FRACTION = 0.85  # tile side / cell side, as 64 of 75 px in the paper
+MIN_TILE_STD = 0.1  # in units of the normalised image, whose pixels have a std of about 1
+
+
+def _all_orders() -> torch.Tensor:
+    return torch.tensor(list(itertools.permutations(range(TILES))), dtype=torch.int8)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli")).expanduser() / "jigsaw"
+
+
+def hamming_permutations(count: int, seed: int = 0, cache: bool = True) -> torch.Tensor:
+    """`count` permutations of the nine tiles (count x 9, int64), chosen greedily from all 9!:
+    each next one is the order farthest from those already chosen: largest minimum Hamming
+    distance, ties broken by the largest total distance, then by a seeded random draw. The first
+    is a seeded random order. The same (count, seed) always gives the same set; it is cached on
+    disk because large sets take seconds."""
+    if not 2 <= count <= math.factorial(TILES):
+        raise ValueError(f"count must lie in [2, 9!], got {count}")
+    path = _cache_dir() / f"hamming-{count}-seed{seed}.pt"
+    if cache and path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            if saved.shape == (count, TILES):
+                return saved
+        except Exception:  # a damaged cache file is simply rebuilt
+            pass
+    orders = _all_orders()
+    gen = torch.Generator().manual_seed(seed)
+    tie = torch.rand(len(orders), generator=gen, dtype=torch.float64)
+    min_dist = torch.full((len(orders),), TILES + 1, dtype=torch.int64)
+    total = torch.zeros(len(orders), dtype=torch.int64)
+    pick = int(torch.randint(len(orders), (1,), generator=gen))
+    chosen = []
+    for _ in range(count):
+        chosen.append(pick)
+        dist = (orders != orders[pick]).sum(1)
+        min_dist = torch.minimum(min_dist, dist)
+        total += dist
+        score = min_dist.double() * 1e9 + total.double() + tie  # lexicographic: min, then total, then tie
+        score[chosen] = -1.0
+        pick = int(score.argmax())
+    result = orders[chosen].long()
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            torch.save(result, tmp)
+            os.replace(tmp, path)
+        except OSError:  # a read-only home only costs the recomputation
+            pass
+    return result
+
+
+def min_hamming_distance(perms: torch.Tensor) -> int:
+    """The smallest Hamming distance between two rows of `perms`."""
+    dist = (perms[:, None, :] != perms[None, :, :]).sum(-1)
+    dist.fill_diagonal_(TILES + 1)
+    return int(dist.min())
+
+
+def tile_side(view: int, tile: int | str = "auto") -> int:
+    """The tile side for a square view: `tile`, or 85% of a grid cell."""
+    return int(tile) if tile != "auto" else max(1, round(view // GRID * TILE_FRACTION))
+
+
+def cut_tiles(x: torch.Tensor, tile: int, gen: torch.Generator, channel_jitter: int = 0) -> torch.Tensor:
+    """The 3x3 grid of `tile`-px tiles of each image (N, C, S, S) -> (N, 9, C, tile, tile), in
+    row-major grid order. Each tile sits at a random offset inside its cell of side S // 3; with
+    `channel_jitter` J each colour channel is cut J px or less away from the others."""
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"cut_tiles expects square images (N, C, S, S), got shape {tuple(x.shape)}")
+    n, c, side, _ = x.shape
+    cell = side // GRID
+    if tile > cell or tile < 1:
+        raise ValueError(f"tiles of {tile} px do not fit cells of {cell} px ({side}-px images)")
+    dev = x.device
+    slack = cell - tile
+    grid = torch.arange(GRID, device=dev) * cell
+    top = grid.repeat_interleave(GRID).view(1, TILES) + torch.randint(slack + 1, (n, TILES), generator=gen, device=dev)
+    left = grid.repeat(GRID).view(1, TILES) + torch.randint(slack + 1, (n, TILES), generator=gen, device=dev)
+    top, left = top.view(n, TILES, 1), left.view(n, TILES, 1)
+    if channel_jitter:
+        shift = torch.randint(-channel_jitter, channel_jitter + 1, (2, n, TILES, c), generator=gen, device=dev)
+        top, left = top + shift[0], left + shift[1]
+    steps = torch.arange(tile, device=dev)
+    rows = (top.unsqueeze(-1) + steps).clamp(0, side - 1)  # N, 9, C|1, T
+    cols = (left.unsqueeze(-1) + steps).clamp(0, side - 1)
+    rows, cols = rows.expand(n, TILES, c, tile), cols.expand(n, TILES, c, tile)
+    n_idx = torch.arange(n, device=dev).view(n, 1, 1, 1, 1)
+    c_idx = torch.arange(c, device=dev).view(1, 1, c, 1, 1)
+    return x[n_idx, c_idx, rows.unsqueeze(-1), cols.unsqueeze(-2)]
+
+
+def shuffle_tiles(tiles: torch.Tensor, perms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Put the tiles of image n in the order perms[labels[n]]: position i then holds the tile of
+    grid cell perms[labels[n]][i]."""
+    if tiles.ndim != 5 or tiles.shape[1] != TILES:
+        raise ValueError(f"shuffle_tiles expects (N, 9, C, T, T) tiles, got shape {tuple(tiles.shape)}")
+    order = perms[labels].to(tiles.device)  # N, 9
+    return torch.gather(tiles, 1, order.view(*order.shape, 1, 1, 1).expand_as(tiles))
+
+
+def unshuffle_tiles(shuffled: torch.Tensor, perms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The inverse of `shuffle_tiles`: the tiles back in grid order."""
+    order = perms[labels].to(shuffled.device)
+    out = torch.empty_like(shuffled)
+    out.scatter_(1, order.view(*order.shape, 1, 1, 1).expand_as(shuffled), shuffled)
+    return out
+
+
+def normalise_tiles(tiles: torch.Tensor, gen: torch.Generator, grayscale: float = 0.0) -> torch.Tensor:
+    """Each tile to zero mean and unit std on its own, after turning it grey with probability
+    `grayscale` (per tile): no tile can be placed by its brightness or colour statistics."""
+    n, t = tiles.shape[:2]
+    if grayscale > 0:
+        grey = torch.rand(n, t, 1, 1, 1, generator=gen, device=tiles.device) < grayscale
+        tiles = torch.where(grey, tiles.mean(2, keepdim=True).expand_as(tiles), tiles)
+    mean = tiles.mean((2, 3, 4), keepdim=True)
+    # a flat tile (sky, a plain background) must not have its faint noise blown up
+    std = tiles.std((2, 3, 4), keepdim=True).clamp_min(MIN_TILE_STD)
+    return (tiles - mean) / std
+
+
+@dataclass
+class JigsawConfig(MethodConfig):
+    num_permutations: int = option(100, "puzzles to tell apart, chosen for maximal Hamming distance", min=2, max=10000)
+    permutation_seed: int = option(0, "seed of the permutation set (part of the task, not of the run)")
+    tile: Union[int, Literal["auto"]] = option("auto", "tile side in px; auto: 85% of a third of the view", min=MIN_TILE)
+    channel_jitter: int = option(1, "px each colour channel of a tile may be shifted by", min=0)
+    tile_grayscale: float = option(0.3, "probability that a tile is turned grey", min=0, max=1)
+    tile_dim: int = option(256, "per-tile embedding width before the nine are concatenated", min=1)
+    head_hidden_dim: int = option(1024, "hidden width of the classifier of the concatenated tiles", min=1)
+
+
+@register_method("jigsaw")
+class Jigsaw(Method):
+    Config = JigsawConfig
+    description = "pretext: say which of N permutations shuffled the 3x3 tiles of an image (siamese tiles)"
+
+    def __init__(self, cfg: JigsawConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+        self.tile = tile_side(self.crop_size, cfg.tile)
+        self.register_buffer("perms", hamming_permutations(cfg.num_permutations, cfg.permutation_seed))
+        self.tile_head = nn.Sequential(nn.Linear(feature_dim, cfg.tile_dim), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(
+            nn.Linear(TILES * cfg.tile_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(cfg.head_hidden_dim, cfg.num_permutations),
+        )
+        self.augment = ViewAugment(recipe.augment, self.crop_size)
+
+    @classmethod
+    def check_data(cls, data, recipe) -> None:
+        super().check_data(data, recipe)
+        crop = recipe.augment.crop_size
+        view = data.image_size if crop == "auto" else int(crop)
+        tile = tile_side(view, recipe.method.tile)
+        if tile < MIN_TILE:
+            need = math.ceil(GRID * MIN_TILE / TILE_FRACTION) if recipe.method.tile == "auto" else GRID * MIN_TILE
+            raise UserError(
+                f"jigsaw cuts {view}-px views into a 3x3 grid of {tile}-px tiles, but tiles must be at least {MIN_TILE} px; "
+                f"use views of at least {need} px (data.image_size, augment.crop_size)"
+            )
+        if tile > view // GRID:
+            raise UserError(f"method.tile {tile} does not fit the {view // GRID}-px cells of {view}-px views; "
+                            f"use method.tile {view // GRID} or less, or larger views")
+
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.augment(images, gen)
+        tiles = cut_tiles(x, self.tile, gen, self.cfg.channel_jitter)
+        puzzle = torch.randint(len(self.perms), (x.shape[0],), generator=gen, device=x.device)
+        tiles = normalise_tiles(shuffle_tiles(tiles, self.perms, puzzle), gen, self.cfg.tile_grayscale)
+        return tiles, puzzle
+
+    def embed_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(N, 9, C, T, T) tiles -> (N, 9 * tile_dim): the shared backbone on every tile."""
+        n = tiles.shape[0]
+        feats = self.backbone(tiles.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        return self.tile_head(feats).view(n, -1)
+
+    def training_step(self, views) -> StepOutput:
+        tiles, puzzle = views
+        logits = self.head(self.embed_tiles(tiles))
+        loss = F.cross_entropy(logits.float(), puzzle)
+        acc = (logits.detach().argmax(1) == puzzle).float().mean()
+        return loss, {"jigsaw_acc": acc}
