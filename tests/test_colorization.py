@@ -219,8 +219,9 @@ def test_views_and_step_shapes():
 def test_visualize_returns_three_tiles_per_image():
     method = make_method().eval()
     picture = method.visualize(colour_images(5, 32))
-    assert picture.size == (3 * 96, 5 * 96)
-    assert make_method(image_size=64).eval().visualize(colour_images(10, 64)).size == (3 * 128, 8 * 128)
+    gap = 2  # white pixels between tiles
+    assert picture.size == (3 * 96 + 2 * gap, 5 * 96 + 4 * gap)
+    assert make_method(image_size=64).eval().visualize(colour_images(10, 64)).size == (3 * 128 + 2 * gap, 8 * 128 + 7 * gap)
 
 
 def test_short_run_learns():

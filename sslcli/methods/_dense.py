@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,3 +47,21 @@ class LightDecoder(nn.Module):
         if out.shape[-1] != out_size:
             out = F.interpolate(out, size=(out_size, out_size), mode="bilinear", align_corners=False)
         return out
+
+
+def tile_grid(columns: list[torch.Tensor], min_tile: int = 96, gap: int = 2):
+    """A PIL image with one row per image and one column per batch in `columns` (each (N, 3, S, S),
+    RGB in [0, 1]); tiles upscaled by a whole factor to at least `min_tile` px, `gap` white px apart."""
+    from PIL import Image
+
+    n, _, side, _ = columns[0].shape
+    scale = max(1, math.ceil(min_tile / side))
+    tile = side * scale
+    canvas = torch.ones(3, n * tile + (n - 1) * gap, len(columns) * tile + (len(columns) - 1) * gap)
+    for j, col in enumerate(columns):
+        big = F.interpolate(col.float().cpu(), scale_factor=scale, mode="nearest") if scale > 1 else col.float().cpu()
+        for i in range(n):
+            y, x = i * (tile + gap), j * (tile + gap)
+            canvas[:, y:y + tile, x:x + tile] = big[i]
+    pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(pixels)

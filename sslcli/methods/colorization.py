@@ -25,7 +25,7 @@ from ..data.augment import normalize, random_resized_crop, to_float
 from ..errors import UserError
 from ..recipe import MethodConfig, Recipe, option
 from ..registry import register_method
-from ._dense import LightDecoder
+from ._dense import LightDecoder, tile_grid
 from .base import Method, StepOutput
 
 # ---------------------------------------------------------------- colour space
@@ -312,8 +312,6 @@ class Colorization(Method):
     @torch.no_grad()
     def visualize(self, images: torch.Tensor, min_tile: int = 96) -> Any | None:
         """One row per image (up to 8): the grey input, the colourised prediction and the truth."""
-        from PIL import Image
-
         images = images[:8]
         if images.ndim != 4 or images.shape[0] == 0:
             return None
@@ -326,12 +324,4 @@ class Colorization(Method):
         ab = annealed_mean(logits, self.cfg.annealed_t)
         ab = F.interpolate(ab, size=x.shape[-2:], mode="bilinear", align_corners=False)
         colour = lab_to_rgb(torch.cat([L, ab], 1))
-        scale = max(1, math.ceil(min_tile / side))
-        tile_w, tile_h = x.shape[-1] * scale, x.shape[-2] * scale
-        canvas = Image.new("RGB", (3 * tile_w, len(x) * tile_h), "white")
-        for row, tiles in enumerate(zip(grey, colour, x)):
-            for col, tile in enumerate(tiles):
-                pixels = (tile.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-                image = Image.fromarray(pixels, "RGB").resize((tile_w, tile_h), Image.NEAREST)
-                canvas.paste(image, (col * tile_w, row * tile_h))
-        return canvas
+        return tile_grid([grey, colour, x], min_tile)

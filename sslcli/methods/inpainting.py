@@ -18,11 +18,10 @@ from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resize
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from ._dense import LightDecoder
+from ._dense import LightDecoder, tile_grid
 from .base import Method, StepOutput
 
 MIN_SIDE = 16  # training views smaller than this leave too little context around the hole
-TILE_MIN = 96  # visual.png tiles are upscaled to at least this many pixels
 GREY = 0.5  # how hidden pixels are shown in visual.png
 
 
@@ -182,21 +181,3 @@ class Inpainting(Method):
         shown = x.masked_fill(mask, GREY)
         filled = torch.where(mask, denormalize(pred), x)
         return tile_grid([shown, filled, x])
-
-
-def tile_grid(columns: list[torch.Tensor], min_tile: int = TILE_MIN, gap: int = 2):
-    """A PIL image with one row per image and one column per batch in `columns` (each (N, 3, S, S),
-    RGB in [0, 1]); tiles upscaled by a whole factor to at least `min_tile` px, `gap` white px apart."""
-    from PIL import Image
-
-    n, _, side, _ = columns[0].shape
-    scale = max(1, math.ceil(min_tile / side))
-    tile = side * scale
-    canvas = torch.ones(3, n * tile + (n - 1) * gap, len(columns) * tile + (len(columns) - 1) * gap)
-    for j, col in enumerate(columns):
-        big = F.interpolate(col.float().cpu(), scale_factor=scale, mode="nearest") if scale > 1 else col.float().cpu()
-        for i in range(n):
-            y, x = i * (tile + gap), j * (tile + gap)
-            canvas[:, y:y + tile, x:x + tile] = big[i]
-    pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(pixels)
