@@ -35,8 +35,7 @@ class Method(nn.Module):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.image_size = image_size
-        crop = recipe.augment.crop_size
-        self.crop_size = image_size if crop == "auto" else int(crop)
+        self.crop_size = view_side(recipe, image_size)
 
     @classmethod
     def check_data(cls, data: Any, recipe: Recipe) -> None:
@@ -72,6 +71,12 @@ class Method(nn.Module):
 
     def on_step_end(self, progress: float) -> None:
         """Called after each optimiser step with the fraction of training done (momentum updates)."""
+
+
+def view_side(recipe: Recipe, image_size: int) -> int:
+    """The side of the training views: augment.crop_size, or the image side when it is auto."""
+    crop = recipe.augment.crop_size
+    return int(image_size) if crop == "auto" else int(crop)
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..recipe import MethodConfig, Recipe, option
 from ..registry import register_method
 from ._dense import LightDecoder, tile_grid
-from .base import Method, StepOutput
+from .base import Method, StepOutput, view_side
 
 # ---------------------------------------------------------------- colour space
 
@@ -238,8 +238,7 @@ class Colorization(Method):
     @classmethod
     def check_data(cls, data: Any, recipe: Recipe) -> None:
         super().check_data(data, recipe)
-        crop = recipe.augment.crop_size
-        crop = data.image_size if crop == "auto" else int(crop)
+        crop = view_side(recipe, data.image_size)
         if crop < 16:
             raise UserError(
                 f"method '{cls.name}' predicts colours on a grid a quarter of the view side and needs views "

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._dense import LightDecoder, tile_grid
-from .base import Method, StepOutput
+from .base import Method, StepOutput, view_side
 
 MIN_SIDE = 16  # training views smaller than this leave too little context around the hole
 GREY = 0.5  # how hidden pixels are shown in visual.png
@@ -130,7 +130,7 @@ class Inpainting(Method):
     def check_data(cls, data, recipe) -> None:
         super().check_data(data, recipe)
         crop = recipe.augment.crop_size
-        side = int(crop) if crop != "auto" else int(data.image_size)
+        side = view_side(recipe, data.image_size)
         if side < MIN_SIDE:
             key = "augment.crop_size" if crop != "auto" else "data.image_size"
             raise UserError(

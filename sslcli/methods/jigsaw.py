@@ -28,7 +28,7 @@ from ..data.augment import ViewAugment
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput
+from .base import Method, StepOutput, view_side
 
 GRID = 3
 TILES = GRID * GRID
@@ -188,8 +188,7 @@ class Jigsaw(Method):
     @classmethod
     def check_data(cls, data, recipe) -> None:
         super().check_data(data, recipe)
-        crop = recipe.augment.crop_size
-        view = data.image_size if crop == "auto" else int(crop)
+        view = view_side(recipe, data.image_size)
         tile = tile_side(view, recipe.method.tile)
         if tile < MIN_TILE:
             need = math.ceil(GRID * MIN_TILE / TILE_FRACTION) if recipe.method.tile == "auto" else GRID * MIN_TILE

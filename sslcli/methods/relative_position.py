@@ -58,7 +58,7 @@ from ..data.augment import (
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput
+from .base import Method, StepOutput, view_side
 
 # (row, col) step from the anchor (the centre patch) to the neighbour labelled 0..7.
 NEIGHBOUR_OFFSETS: list[tuple[int, int]] = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -153,7 +153,7 @@ class RelativePosition(Method):
     def check_data(cls, data, recipe) -> None:
         super().check_data(data, recipe)
         crop = recipe.augment.crop_size
-        side = int(data.image_size) if crop == "auto" else int(crop)
+        side = view_side(recipe, data.image_size)
         m = recipe.method
         patch, gap, jitter = resolve_geometry(m.patch, m.gap, m.jitter, side)
         need = grid_extent(max(patch, 1), gap, jitter)
