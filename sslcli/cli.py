@@ -293,7 +293,8 @@ def probe(
 def finetune(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
-    fraction: float = typer.Option(1.0, "--fraction", min=1e-6, max=1.0, help="Train on this class-balanced fraction of the labels (0.01, 0.1: semi-supervised)."),
+    fraction: float = typer.Option(1.0, "--fraction", min=1e-6, max=1.0,
+                                   help="Train on this class-balanced fraction of the labels (0.01, 0.1: semi-supervised)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (train.epochs)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/finetune-TIMESTAMP)."),
     recipe: str = typer.Option("finetune", "--recipe", "-r", help="Recipe file or bundled name."),

@@ -297,7 +297,7 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(self.device, self.dtype):
                 method.eval()
-                method.training_step(method.make_views(images, gen, labels))
+                method.training_step(method.make_views(images, gen, labels, **_indices(method, torch.arange(2))))
         except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300].rstrip(".")
             r = self.recipe
@@ -454,14 +454,14 @@ class Trainer:
                     epoch_start, seen = time.time(), 0
                     first = start_step if epoch == start_epoch else 0
                     batches = iterate_batches(ds.train, order, r.train.batch_size, first, workers)
-                    for step, (images, labels, _) in enumerate(batches, first):
+                    for step, (images, labels, indices) in enumerate(batches, first):
                         if ds.bad is not None and len(ds.bad) != bad_seen:
                             bad_seen = len(ds.bad)
                             self._write_skipped()
                         if images.shape[0] < 2:  # every image of this batch was undecodable
                             continue
                         t0 = time.time()
-                        loss, metrics = self._step(method, images, labels, aug_gen, optimizer, scaler)
+                        loss, metrics = self._step(method, images, labels, indices, aug_gen, optimizer, scaler)
                         if not math.isfinite(loss):
                             raise TrainingError(
                                 f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; {_kept(ckpt_dir)}; "
@@ -492,6 +492,9 @@ class Trainer:
                     history.append(record)
                     shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
                     progress.console.print(f"epoch {epoch + 1}/{r.train.epochs}  {shown}", soft_wrap=True)
+                    warning = method.epoch_warning(record)
+                    if warning:
+                        progress.console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
                     if (epoch + 1) % r.train.checkpoint_every == 0 or epoch + 1 == r.train.epochs or self._stop_signal:
                         save(epoch + 1, 0)
                     if self._stop_signal is not None and epoch + 1 < r.train.epochs:
@@ -525,9 +528,10 @@ class Trainer:
         if bad is not None and len(bad):
             atomic_write(self.out / "skipped.txt", bad.lines().encode())
 
-    def _step(self, method: Method, images, labels, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
+    def _step(self, method: Method, images, labels, indices, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
         images = images.to(self.device, non_blocking=True)
-        views = method.make_views(images, gen, labels.to(self.device) if method.uses_labels else None)
+        views = method.make_views(images, gen, labels.to(self.device) if method.uses_labels else None,
+                                  **_indices(method, indices.to(self.device)))
         if self.recipe.train.channels_last:
             views = _channels_last(views)
         with autocast(self.device, self.dtype):
@@ -599,6 +603,11 @@ class Trainer:
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
+
+
+def _indices(method: Method, indices: torch.Tensor) -> dict:
+    """The `indices` keyword for methods that keep per-image state (a memory bank), else nothing."""
+    return {"indices": indices} if method.uses_indices else {}
 
 
 def _channels_last(views):

@@ -170,7 +170,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case, args, message", CASES, ids=[c[0] if isinstance(c, tuple) and isinstance(c[0], str) else c.values[0] for c in CASES])
+@pytest.mark.parametrize("case, args, message", CASES,
+                         ids=[c[0] if isinstance(c, tuple) and isinstance(c[0], str) else c.values[0] for c in CASES])
 def test_bad_input(cli, tmp_path, monkeypatch, finished_run, case, args, message):
     work = Workspace(tmp_path, finished_run)
     args = work.resolve(args)

@@ -65,7 +65,8 @@ def test_class_balanced_fraction():
     sub = balanced_fraction(split, 0.1, seed=0)
     assert torch.bincount(sub.labels).tolist() == [5, 3, 1]  # 10% of each class, at least one
     assert torch.equal(balanced_fraction(split, 0.1, seed=0).labels, sub.labels)
-    other = balanced_fraction(Split(labels=labels, images=torch.arange(85).view(85, 1, 1, 1).expand(85, 3, 2, 2).to(torch.uint8), size=2), 0.1, 1)
+    images = torch.arange(85).view(85, 1, 1, 1).expand(85, 3, 2, 2).to(torch.uint8)
+    other = balanced_fraction(Split(labels=labels, images=images, size=2), 0.1, 1)
     assert torch.bincount(other.labels).tolist() == [5, 3, 1]
 
 

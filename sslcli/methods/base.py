@@ -25,6 +25,7 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     data_kind: ClassVar[str] = "images"  # what it trains on: images (later: video, audio-video)
     uses_labels: ClassVar[bool] = False
+    uses_indices: ClassVar[bool] = False  # make_views also gets each image's index in the training split
 
     def __init__(self, cfg: MethodConfig, recipe: Recipe, backbone: nn.Module, feature_dim: int, image_size: int,
                  num_classes: Optional[int] = None):
@@ -63,7 +64,8 @@ class Method(nn.Module):
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None) -> Any:
         """Turn a batch of uint8 images (on the training device) into this method's inputs.
-        `labels` is given only to methods with `uses_labels`."""
+        `labels` is given only to methods with `uses_labels`; methods with `uses_indices` also
+        get `indices`, each image's position in the training split (for per-image memory)."""
         raise NotImplementedError
 
     def training_step(self, views: Any) -> StepOutput:
@@ -71,6 +73,10 @@ class Method(nn.Module):
 
     def on_step_end(self, progress: float) -> None:
         """Called after each optimiser step with the fraction of training done (momentum updates)."""
+
+    def epoch_warning(self, record: dict[str, float]) -> Optional[str]:
+        """A warning to show after an epoch whose averaged metrics are `record` (collapse), or None."""
+        return None
 
 
 def view_side(recipe: Recipe, image_size: int) -> int:
@@ -88,3 +94,22 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) 
         dim = hidden_dim
     blocks.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*blocks)
+
+
+MIN_PATCH_INPUT = 32  # px: a ResNet stem turns a smaller patch into a map of 8x8 or less
+
+
+def patch_input_side(patch: int, setting: int | str = "auto") -> int:
+    """The side patch-based tasks (jigsaw, relative position) feed their patches to the backbone
+    at: `setting`, or with "auto" the patch side itself, raised to 32 px for smaller patches."""
+    return int(setting) if setting != "auto" else max(patch, MIN_PATCH_INPUT)
+
+
+def resize_patches(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Patches (..., C, p, p) resized bilinearly to (..., C, side, side); unchanged when p == side."""
+    if x.shape[-1] == side and x.shape[-2] == side:
+        return x
+    lead = x.shape[:-3]
+    out = torch.nn.functional.interpolate(x.reshape(-1, *x.shape[-3:]), size=(side, side), mode="bilinear",
+                                          align_corners=False, antialias=x.shape[-1] > side)
+    return out.view(*lead, *out.shape[-3:])

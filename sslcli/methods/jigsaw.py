@@ -28,7 +28,7 @@ from ..data.augment import ViewAugment
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput, view_side
+from .base import Method, StepOutput, patch_input_side, resize_patches, view_side
 
 GRID = 3
 TILES = GRID * GRID
@@ -158,6 +158,21 @@ def normalise_tiles(tiles: torch.Tensor, gen: torch.Generator, grayscale: float 
     return (tiles - mean) / std
 
 
+def check_tiles_fit(method: str, view: int, tile: int | str) -> None:
+    """Refuse views too small for a 3x3 grid of tiles of at least MIN_TILE px, or a `tile`
+    setting that does not fit the grid's cells."""
+    side = tile_side(view, tile)
+    if side < MIN_TILE:
+        need = math.ceil(GRID * MIN_TILE / TILE_FRACTION) if tile == "auto" else GRID * MIN_TILE
+        raise UserError(
+            f"{method} cuts {view}-px views into a 3x3 grid of {side}-px tiles, but tiles must be at least {MIN_TILE} px; "
+            f"use views of at least {need} px (data.image_size, augment.crop_size)"
+        )
+    if side > view // GRID:
+        raise UserError(f"method.tile {side} does not fit the {view // GRID}-px cells of {view}-px views; "
+                        f"use method.tile {view // GRID} or less, or larger views")
+
+
 @dataclass
 class JigsawConfig(MethodConfig):
     num_permutations: int = option(100, "puzzles to tell apart, chosen for maximal Hamming distance", min=2, max=10000)
@@ -165,6 +180,8 @@ class JigsawConfig(MethodConfig):
     tile: Union[int, Literal["auto"]] = option("auto", "tile side in px; auto: 85% of a third of the view", min=MIN_TILE)
     channel_jitter: int = option(1, "px each colour channel of a tile may be shifted by", min=0)
     tile_grayscale: float = option(0.3, "probability that a tile is turned grey", min=0, max=1)
+    tile_input: Union[int, Literal["auto"]] = option(
+        "auto", "side in px the tiles are resized to for the backbone; auto: the tile side, at least 32", min=MIN_TILE)
     tile_dim: int = option(256, "per-tile embedding width before the nine are concatenated", min=1)
     head_hidden_dim: int = option(1024, "hidden width of the classifier of the concatenated tiles", min=1)
 
@@ -177,6 +194,7 @@ class Jigsaw(Method):
     def __init__(self, cfg: JigsawConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         self.tile = tile_side(self.crop_size, cfg.tile)
+        self.tile_input = patch_input_side(self.tile, cfg.tile_input)
         self.register_buffer("perms", hamming_permutations(cfg.num_permutations, cfg.permutation_seed))
         self.tile_head = nn.Sequential(nn.Linear(feature_dim, cfg.tile_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
@@ -188,24 +206,14 @@ class Jigsaw(Method):
     @classmethod
     def check_data(cls, data, recipe) -> None:
         super().check_data(data, recipe)
-        view = view_side(recipe, data.image_size)
-        tile = tile_side(view, recipe.method.tile)
-        if tile < MIN_TILE:
-            need = math.ceil(GRID * MIN_TILE / TILE_FRACTION) if recipe.method.tile == "auto" else GRID * MIN_TILE
-            raise UserError(
-                f"jigsaw cuts {view}-px views into a 3x3 grid of {tile}-px tiles, but tiles must be at least {MIN_TILE} px; "
-                f"use views of at least {need} px (data.image_size, augment.crop_size)"
-            )
-        if tile > view // GRID:
-            raise UserError(f"method.tile {tile} does not fit the {view // GRID}-px cells of {view}-px views; "
-                            f"use method.tile {view // GRID} or less, or larger views")
+        check_tiles_fit(cls.name, view_side(recipe, data.image_size), recipe.method.tile)
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.augment(images, gen)
         tiles = cut_tiles(x, self.tile, gen, self.cfg.channel_jitter)
         puzzle = torch.randint(len(self.perms), (x.shape[0],), generator=gen, device=x.device)
         tiles = normalise_tiles(shuffle_tiles(tiles, self.perms, puzzle), gen, self.cfg.tile_grayscale)
-        return tiles, puzzle
+        return resize_patches(tiles, self.tile_input), puzzle
 
     def embed_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
         """(N, 9, C, T, T) tiles -> (N, 9 * tile_dim): the shared backbone on every tile."""

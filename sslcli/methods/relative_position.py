@@ -58,7 +58,7 @@ from ..data.augment import (
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput, view_side
+from .base import Method, StepOutput, patch_input_side, resize_patches, view_side
 
 # (row, col) step from the anchor (the centre patch) to the neighbour labelled 0..7.
 NEIGHBOUR_OFFSETS: list[tuple[int, int]] = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -131,6 +131,8 @@ class RelativePositionConfig(MethodConfig):
     gap: Union[int, Literal["auto"]] = option("auto", "px between neighbouring patches; auto: view side / 16", min=0)
     jitter: Union[int, Literal["auto"]] = option(
         "auto", "each patch moves by up to this many px in x and y; auto: view side / 32", min=0)
+    patch_input: Union[int, Literal["auto"]] = option(
+        "auto", "side in px the patches are resized to for the backbone; auto: the patch side, at least 32", min=1)
     patch_grayscale: float = option(0.66, "probability that a patch (each on its own) is made grayscale", min=0, max=1)
     patch_normalize: bool = option(True, "subtract each patch's own per-channel mean")
     head_hidden_dim: int = option(512, "hidden width of the position head (an MLP on the concatenated pair)", min=1)
@@ -144,6 +146,7 @@ class RelativePosition(Method):
     def __init__(self, cfg: RelativePositionConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         self.patch, self.gap, self.jitter = resolve_geometry(cfg.patch, cfg.gap, cfg.jitter, self.crop_size)
+        self.patch_input = patch_input_side(self.patch, cfg.patch_input)
         self.head = nn.Sequential(
             nn.Linear(2 * feature_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
             nn.Linear(cfg.head_hidden_dim, len(NEIGHBOUR_OFFSETS)),
@@ -181,7 +184,7 @@ class RelativePosition(Method):
         x = normalize(x)
         if self.cfg.patch_normalize:
             x = x - x.mean((2, 3), keepdim=True)
-        return x, origins
+        return resize_patches(x, self.patch_input), origins
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         x, _ = self._patches(self._view(images, gen), gen)
@@ -200,6 +203,7 @@ class RelativePosition(Method):
         inputs = normalize(patches.flatten(0, 1))
         if self.cfg.patch_normalize:
             inputs = inputs - inputs.mean((2, 3), keepdim=True)
+        inputs = resize_patches(inputs, self.patch_input)
         right = (self.logits(inputs).argmax(1) == pair_labels(len(x), x.device)).view(-1, 8).cpu()
         p, frame = self.patch, 2
         cell = p + 2 * frame + 2  # patch, its frame, and a 1-px margin on each side

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.augment import ViewAugment
 from ..losses import nt_xent
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput, projection_mlp
+from ._joint import JointEmbedding
+from .base import StepOutput, projection_mlp
 
 
 @dataclass
@@ -26,17 +26,13 @@ class SimCLRConfig(MethodConfig):
 
 
 @register_method("simclr")
-class SimCLR(Method):
+class SimCLR(JointEmbedding):
     Config = SimCLRConfig
     description = "contrastive: two augmented views of an image attract, other images repel (NT-Xent)"
 
     def __init__(self, cfg: SimCLRConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
-
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
-        return torch.cat([self.augment(images, gen), self.augment(images, gen)])
 
     def training_step(self, views: torch.Tensor) -> StepOutput:
         z = self.projector(self.backbone(views))
@@ -49,4 +45,4 @@ class SimCLR(Method):
             n = z1.shape[0]
             partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
             acc = (sim.argmax(1) == partner).float().mean()
-        return loss, {"pos_acc": acc}
+        return loss, {"pos_acc": acc, **self.spread(z1)}

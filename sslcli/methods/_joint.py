@@ -1,0 +1,70 @@
+"""Shared pieces of the joint-embedding methods: two augmented views, a momentum (EMA) copy of
+a network, and the collapse watch (the std of the normalised embeddings)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..data.augment import ViewAugment
+from ..losses import collapse_floor, embedding_std
+from .base import Method
+
+COLLAPSE_FRACTION = 0.25  # warn when the embedding std falls below this share of a healthy spread
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of `module` for a momentum (EMA) target: same weights, no gradients."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter (buffers such
+    as BatchNorm statistics follow the target's own forward passes, as in MoCo and BYOL)."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+
+
+def cosine_momentum(base: float, progress: float, ramp: bool = True) -> float:
+    """The EMA momentum after `progress` (0..1) of training: `base`, raised to 1 along a cosine
+    when `ramp` (BYOL's schedule, also used for MoCo here)."""
+    if not ramp:
+        return base
+    return 1 - (1 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
+
+
+class JointEmbedding(Method):
+    """A method that learns by making embeddings of views of one image agree: two views of the
+    recipe's augmentation, and a warning when the embeddings collapse to a point."""
+
+    def __init__(self, cfg, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+        self.augment = ViewAugment(recipe.augment, self.crop_size)
+        self.embedding_dim: Optional[int] = None  # set by the plugin: the width the std is measured at
+
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
+        return torch.cat([self.augment(images, gen), self.augment(images, gen)])
+
+    def spread(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The collapse watch metric of embeddings `z` (N, D)."""
+        self.embedding_dim = z.shape[1]
+        return {"embedding_std": embedding_std(z.detach())}
+
+    def epoch_warning(self, record: dict[str, float]) -> Optional[str]:
+        std, dim = record.get("embedding_std"), self.embedding_dim
+        if std is None or dim is None:
+            return None
+        healthy = collapse_floor(dim)
+        if std < COLLAPSE_FRACTION * healthy:
+            return (f"the embeddings are collapsing: their std is {std:.4f}, against about {healthy:.4f} when spread "
+                    f"over {dim} dimensions; a trivial solution makes features useless: lower optim.lr, raise "
+                    f"the augmentation strength, or check the method's settings")
+        return None

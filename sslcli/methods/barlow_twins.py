@@ -1,0 +1,43 @@
+"""Barlow Twins: the cross-correlation matrix of two views' embeddings, each dimension
+standardised over the batch, is pulled towards the identity: equal on the diagonal
+(invariance), decorrelated off it (redundancy reduction, weighted by lambda).
+
+Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", ICML 2021.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses import barlow_twins_loss
+from ..recipe import MethodConfig, option
+from ..registry import register_method
+from ._joint import JointEmbedding
+from .base import StepOutput, projection_mlp
+
+
+@dataclass
+class BarlowTwinsConfig(MethodConfig):
+    lambda_offdiag: float = option(5.0e-3, "weight of the off-diagonal (redundancy) terms", min=0)
+    scale: float = option(1.0, "factor on the whole loss (0.1 or 0.025 suit small projectors)", min=0)
+    proj_hidden_dim: int = option(2048, "projector hidden width", min=1)
+    proj_dim: int = option(2048, "projector output width (the correlation matrix is proj_dim square)", min=1)
+    proj_layers: int = option(3, "linear layers in the projector", min=1)
+
+
+@register_method("barlow-twins")
+class BarlowTwins(JointEmbedding):
+    Config = BarlowTwinsConfig
+    description = "non-contrastive: make the two views' cross-correlation matrix the identity"
+
+    def __init__(self, cfg: BarlowTwinsConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
+
+    def training_step(self, views: torch.Tensor) -> StepOutput:
+        z = self.projector(self.backbone(views)).float()
+        z1, z2 = z.chunk(2)
+        loss = self.cfg.scale * barlow_twins_loss(z1, z2, self.cfg.lambda_offdiag)
+        return loss, self.spread(z1)

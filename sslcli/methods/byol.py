@@ -1,0 +1,53 @@
+"""BYOL: an online network (backbone, projector, predictor) learns to predict the projection a
+momentum (EMA) target network gives another view of the same image; no negatives.
+
+Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+NeurIPS 2020. The target gets no gradient (`byol_loss` detaches it); its momentum rises from
+`momentum` to 1 along a cosine, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses import byol_loss
+from ..recipe import MethodConfig, option
+from ..registry import register_method
+from ._joint import JointEmbedding, cosine_momentum, ema_update, momentum_copy
+from .base import StepOutput, projection_mlp
+
+
+@dataclass
+class BYOLConfig(MethodConfig):
+    momentum: float = option(0.99, "EMA momentum of the target network at the start (0.996 in the paper)", min=0, max=1)
+    momentum_ramp: bool = option(True, "raise the momentum to 1 along a cosine over training")
+    proj_hidden_dim: int = option(4096, "projector and predictor hidden width", min=1)
+    proj_dim: int = option(256, "projection dimension", min=1)
+
+
+@register_method("byol")
+class BYOL(JointEmbedding):
+    Config = BYOLConfig
+    description = "non-contrastive: predict a momentum target's embedding of another view (no negatives)"
+
+    def __init__(self, cfg: BYOLConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.predictor = projection_mlp(cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.target_backbone = momentum_copy(backbone)
+        self.target_projector = momentum_copy(self.projector)
+
+    def training_step(self, views: torch.Tensor) -> StepOutput:
+        z = self.projector(self.backbone(views))
+        p1, p2 = self.predictor(z).float().chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target_projector(self.target_backbone(views)).float().chunk(2)
+        loss = (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2
+        return loss, self.spread(z.float())
+
+    def on_step_end(self, progress: float) -> None:
+        m = cosine_momentum(self.cfg.momentum, progress, self.cfg.momentum_ramp)
+        ema_update(self.target_backbone, self.backbone, m)
+        ema_update(self.target_projector, self.projector, m)

@@ -1,0 +1,113 @@
+"""SwAV: each view is scored against a set of learnable prototypes; Sinkhorn-Knopp turns the
+scores of the two large crops into soft codes that use every prototype equally (equipartition),
+and every crop learns to predict the code of another crop (swapped prediction). Multi-crop adds
+small low-resolution crops that only predict.
+
+Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
+NeurIPS 2020.
+
+The prototypes are renormalised before every step and get no gradient for the first
+`freeze_prototypes_steps`. For small batches an optional queue of past large-crop embeddings
+joins the Sinkhorn problem from `queue_start_epoch` on, so the equipartition is taken over
+enough samples; it is module state, checkpointed with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.augment import ViewAugment
+from ..errors import UserError
+from ..losses import sinkhorn_knopp, swav_loss
+from ..recipe import MethodConfig, option
+from ..registry import register_method
+from ._joint import JointEmbedding
+from .base import StepOutput, projection_mlp
+
+
+@dataclass
+class SwAVConfig(MethodConfig):
+    prototypes: int = option(3000, "number of prototypes (clusters)", min=2)
+    temperature: float = option(0.1, "softmax temperature of the swapped prediction", min=1e-4)
+    epsilon: float = option(0.05, "Sinkhorn-Knopp entropy regularisation", min=1e-4)
+    sinkhorn_iterations: int = option(3, "Sinkhorn-Knopp iterations", min=1)
+    freeze_prototypes_steps: int = option(300, "steps at the start during which the prototypes are not trained", min=0)
+    small_crops: int = option(4, "low-resolution crops per image besides the 2 large ones", min=0)
+    small_crop_size: int = option(32, "side of the small crops in px (large crops: augment.crop_size)", min=8)
+    small_crop_scale: list[float] = option([0.05, 0.3], "area range of the small crops, fractions of the image")
+    large_crop_scale: list[float] = option([0.3, 1.0], "area range of the 2 large crops (replaces augment.crop_scale)")
+    queue_size: int = option(0, "past large-crop embeddings added to the Sinkhorn problem; 0: no queue", min=0)
+    queue_start_epoch: int = option(15, "epoch from which the queue is used (it fills from the start)", min=0)
+    proj_hidden_dim: int = option(2048, "projection MLP hidden width", min=1)
+    proj_dim: int = option(128, "projection output (and prototype) dimension", min=1)
+
+    def validate(self) -> None:
+        for name in ("small_crop_scale", "large_crop_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise UserError(f"method.{name} must be [low, high] with 0 < low <= high <= 1, got {[low, high]}")
+
+
+@register_method("swav")
+class SwAV(JointEmbedding):
+    Config = SwAVConfig
+    description = "clustering: predict another crop's equipartitioned prototype code (Sinkhorn-Knopp, multi-crop)"
+
+    def __init__(self, cfg: SwAVConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
+        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+        self.large = ViewAugment(replace(recipe.augment, crop_scale=list(cfg.large_crop_scale)), self.crop_size)
+        self.small = ViewAugment(replace(recipe.augment, crop_scale=list(cfg.small_crop_scale)), cfg.small_crop_size)
+        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("progress", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("queue", torch.zeros(2, cfg.queue_size, cfg.proj_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, ...]:
+        large = torch.cat([self.large(images, gen), self.large(images, gen)])
+        if not self.cfg.small_crops:
+            return (large,)
+        return large, torch.cat([self.small(images, gen) for _ in range(self.cfg.small_crops)])
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.backbone(x)).float(), dim=1)
+
+    def _queue_active(self) -> bool:
+        epoch = float(self.progress) * self.recipe.train.epochs
+        return self.cfg.queue_size > 0 and epoch >= self.cfg.queue_start_epoch
+
+    def training_step(self, views) -> StepOutput:
+        cfg = self.cfg
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        weight = self.prototypes.weight
+        if int(self.steps_done) < cfg.freeze_prototypes_steps:
+            weight = weight.detach()
+        z = torch.cat([self._embed(v) for v in views])
+        n = views[0].shape[0] // 2
+        scores = z @ weight.float().T
+        crops = list(scores.split(n))
+        codes = []
+        with torch.no_grad():
+            use_queue = self._queue_active() and int(self.queue_filled) >= cfg.queue_size
+            for i in range(2):
+                s = crops[i].detach()
+                if use_queue:
+                    s = torch.cat([self.queue[i] @ weight.detach().float().T, s])
+                codes.append(sinkhorn_knopp(s, cfg.epsilon, cfg.sinkhorn_iterations)[-n:])
+            if cfg.queue_size:
+                large = z[:2 * n].detach().view(2, n, -1)
+                self.queue.copy_(torch.cat([large, self.queue], 1)[:, :cfg.queue_size])
+                self.queue_filled.fill_(min(cfg.queue_size, int(self.queue_filled) + n))
+            used = codes[0].argmax(1).unique().numel() / cfg.prototypes
+        loss = swav_loss(crops, codes, cfg.temperature)
+        return loss, {"prototypes_used": torch.tensor(used), **self.spread(z[:n])}
+
+    def on_step_end(self, progress: float) -> None:
+        self.steps_done += 1
+        self.progress.fill_(progress)

@@ -1,0 +1,172 @@
+"""The joint-embedding plugins: MoCo's queue, momentum encoders, SwAV's prototypes, PIRL's bank,
+the collapse watch, and exact resume with their state."""
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from sslcli.methods._joint import JointEmbedding, cosine_momentum, ema_update, momentum_copy
+from sslcli.methods.moco import enqueue
+from sslcli.recipe import resolve_recipe
+
+from conftest import TINY
+from test_engine import epoch_records
+
+JOINT = ["moco", "swav", "pirl", "byol", "barlow-twins", "vicreg", "simclr"]
+
+
+def build(name: str, **method):
+    """A method plugin on a random ResNet-18 for 32-px images, as the engine builds it."""
+    from sslcli.backbones import create_backbone
+    from sslcli.registry import get_method
+
+    raw = {"method": {"name": name, **method}, "data": {"image_size": 32},
+           "backbone": {"name": "resnet18", "small_input": False}}
+    recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
+    backbone, info = create_backbone("resnet18", False, 32)
+    return get_method(name)(recipe.method, recipe, backbone, info.feature_dim, 32)
+
+
+def test_enqueue_is_fifo_and_wraps_exactly():
+    queue, pointer = torch.zeros(5, 2), torch.zeros((), dtype=torch.long)
+    enqueue(queue, pointer, torch.tensor([[1.0, 1], [2, 2]]))
+    enqueue(queue, pointer, torch.tensor([[3.0, 3], [4, 4]]))
+    assert queue[:, 0].tolist() == [1, 2, 3, 4, 0] and int(pointer) == 4
+    enqueue(queue, pointer, torch.tensor([[5.0, 5], [6, 6], [7, 7]]))  # 6 and 7 wrap to the start
+    assert queue[:, 0].tolist() == [6, 7, 3, 4, 5] and int(pointer) == 2
+    enqueue(queue, pointer, torch.arange(14.0).view(7, 2))  # more keys than slots: the last 5 stay
+    assert sorted(queue[:, 0].tolist()) == [4, 6, 8, 10, 12]
+    assert queue[int(pointer), 0] == 4  # the pointer sits on the oldest key, the next to go
+
+
+def test_moco_step_scores_against_the_old_queue_then_enqueues_its_keys():
+    torch.manual_seed(0)
+    moco = build("moco", queue_size=16, symmetric=False)
+    before = moco.queue.clone()
+    views = moco.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    loss, metrics = moco.training_step(views)
+    assert torch.isfinite(loss) and 0 <= float(metrics["pos_acc"]) <= 1
+    assert int(moco.queue_pointer) == 4
+    assert torch.equal(moco.queue[4:], before[4:]) and not torch.equal(moco.queue[:4], before[:4])
+    keys = moco.keys(views)[4:]  # the second view's keys went in
+    assert torch.allclose(moco.queue[:4], keys, atol=1e-5)
+
+
+def test_momentum_copy_gets_no_gradient_and_follows_by_ema():
+    online = torch.nn.Linear(3, 2)
+    target = momentum_copy(online)
+    assert all(not p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    old = target.weight.clone()
+    ema_update(target, online, 0.9)
+    assert torch.allclose(target.weight, 0.9 * old + 0.1 * online.weight)
+    assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99) and cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
+    assert cosine_momentum(0.99, 0.5) == pytest.approx(0.995) and cosine_momentum(0.99, 0.7, ramp=False) == 0.99
+
+
+def test_byol_target_gets_no_gradient():
+    torch.manual_seed(0)
+    byol = build("byol", proj_hidden_dim=64, proj_dim=32)
+    views = byol.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    loss, _ = byol.training_step(views)
+    loss.backward()
+    assert all(p.grad is None for p in byol.target_backbone.parameters())
+    assert all(p.grad is None for p in byol.target_projector.parameters())
+    assert byol.predictor[0].weight.grad is not None and byol.backbone.conv1.weight.grad is not None
+
+
+def test_swav_prototypes_are_normalised_and_frozen_at_first():
+    torch.manual_seed(0)
+    swav = build("swav", prototypes=10, freeze_prototypes_steps=1, small_crops=2, small_crop_size=16)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    views = swav.make_views(images, torch.Generator().manual_seed(0))
+    assert [v.shape for v in views] == [(12, 3, 32, 32), (12, 3, 16, 16)]
+    loss, metrics = swav.training_step(views)
+    loss.backward()
+    assert swav.prototypes.weight.grad is None  # frozen during the first step
+    assert torch.allclose(swav.prototypes.weight.norm(dim=1), torch.ones(10), atol=1e-5)
+    swav.on_step_end(0.5)
+    loss, _ = swav.training_step(views)
+    loss.backward()
+    assert swav.prototypes.weight.grad is not None and 0 < float(metrics["prototypes_used"]) <= 1
+
+
+def test_pirl_bank_is_one_unit_vector_per_image_and_moves_towards_the_embedding():
+    from sslcli.data.sources import open_source
+
+    torch.manual_seed(0)
+    pirl = build("pirl", negatives=8)
+    ds = open_source("synthetic:shapes", 32, purpose="train", synthetic_train=20, synthetic_val=4)
+    pirl.setup(ds.train)
+    assert pirl.bank.shape == (20, 128) and torch.allclose(pirl.bank.norm(dim=1), torch.ones(20), atol=1e-5)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    idx = torch.tensor([3, 7, 8, 19])
+    before = pirl.bank.clone()
+    views = pirl.make_views(images, torch.Generator().manual_seed(0), indices=idx)
+    assert views[1].shape == (36, 3, 32, 32) and views[3].shape == (8,)
+    pirl.training_step(views)
+    changed = (pirl.bank != before).any(1).nonzero().flatten().tolist()
+    assert changed == [3, 7, 8, 19]
+
+
+def test_collapse_watch_warns_only_when_the_spread_vanishes():
+    class Probe(JointEmbedding):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.embedding_dim = None
+
+    m = Probe()
+    spread = m.spread(torch.randn(256, 64))
+    assert float(spread["embedding_std"]) == pytest.approx(1 / math.sqrt(64), rel=0.15)
+    assert m.epoch_warning({"embedding_std": float(spread["embedding_std"])}) is None
+    collapsed = m.spread(torch.ones(256, 64) + 1e-4 * torch.randn(256, 64))
+    warning = m.epoch_warning({"embedding_std": float(collapsed["embedding_std"])})
+    assert warning and "collapsing" in warning
+
+
+@pytest.mark.parametrize("name", JOINT)
+def test_every_joint_method_trains_and_logs_its_spread(cli, tmp_path, name):
+    extra = {"moco": ["--set", "method.queue_size=64"], "swav": ["--set", "method.prototypes=16",
+             "--set", "method.small_crop_size=16"], "pirl": ["--set", "method.negatives=32"]}.get(name, [])
+    r = cli("pretrain", "--method", name, *TINY, "--epochs", "1", *extra, "--out", tmp_path / "run")
+    assert r.code == 0, r.err
+    record = epoch_records(tmp_path / "run")[-1]
+    assert math.isfinite(record["loss"]) and record["embedding_std"] > 0
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("moco", ["--set", "method.queue_size=40"]),
+    ("pirl", ["--set", "method.negatives=16"]),
+    ("swav", ["--set", "method.prototypes=8", "--set", "method.queue_size=64", "--set", "method.queue_start_epoch=1",
+              "--set", "method.small_crop_size=16"]),
+])
+def test_queue_and_bank_survive_an_interruption_and_resume_is_exact(cli, tmp_path, monkeypatch, name, extra):
+    from sslcli.registry import get_method
+
+    args = ["pretrain", "--method", name, "--epochs", "2", *TINY, *extra]
+    assert cli(*args, "--out", tmp_path / "straight").code == 0
+    method_cls = get_method(name)
+    original = method_cls.on_step_end
+
+    def interrupt_at_step_4(self, progress):  # 3 steps an epoch: step 4 is mid epoch 2
+        original(self, progress)
+        if round(progress * 6) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(method_cls, "on_step_end", interrupt_at_step_4)
+        r = cli(*args, "--out", tmp_path / "resumed")
+    assert r.code == 130, r.err
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert cli(*args, "--out", tmp_path / "resumed", "--resume").code == 0
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    state = [k for k in a if k.split(".")[-1] in ("queue", "queue_pointer", "bank")] + \
+        [k for k in a if k.startswith("key_backbone.")]
+    assert state and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert any(not torch.equal(saved[k], b[k]) for k in state)  # the state moved on after the resume
