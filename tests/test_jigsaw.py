@@ -100,3 +100,16 @@ def test_jigsaw_pretrain_learns_and_refuses_small_views(cli, tmp_path):
     assert sum(r["jigsaw_acc"] for r in last) / 3 > sum(r["jigsaw_acc"] for r in first) / 3 + 0.2
     small = cli("pretrain", "--method", "jigsaw", *TINY, "--set", "data.image_size=16", "--out", tmp_path / "small")
     assert small.code == 2 and "tiles must be at least 8 px" in small.err and not (tmp_path / "small").exists()
+
+
+def test_patch_input_side_and_resize():
+    from sslcli.methods.base import patch_input_side, resize_patches
+
+    assert patch_input_side(18) == 32 and patch_input_side(64) == 64 and patch_input_side(18, 24) == 24
+    tiles = torch.rand(2, 9, 3, 18, 18)
+    same = resize_patches(tiles, 18)
+    assert same is tiles
+    up = resize_patches(tiles, 32)
+    assert up.shape == (2, 9, 3, 32, 32)
+    flat = torch.full((4, 3, 10, 10), 0.25)  # a flat patch stays flat at any size
+    assert torch.allclose(resize_patches(flat, 7), torch.full((4, 3, 7, 7), 0.25))
