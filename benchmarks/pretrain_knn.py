@@ -1,5 +1,6 @@
-"""Quality and speed of a pretraining recipe: wall time of `sslcli pretrain`, then weighted kNN
-of the result against the random-init floor, through the real command line.
+"""Quality and speed of a pretraining recipe: wall time, mean epoch time and peak memory of
+`sslcli pretrain`, then weighted kNN of the result against the random-init floor, through the
+real command line.
 
     python benchmarks/pretrain_knn.py --recipe simclr-tiny-imagenet \
         --data ../shared/data/tiny-imagenet-10 --epochs 30 --k 20 --temperature 0.1
@@ -50,7 +51,8 @@ def main() -> None:
     floor = sslcli("knn", args.floor, *knn_args)
     print(json.dumps({
         "recipe": args.recipe, "epochs": trained["epochs"], "pretrain_wall_s": round(wall, 1),
-        "train_s": trained["seconds"], "knn_top1": ours["top1"], "knn_top5": ours["top5"],
+        "train_s": trained["seconds"], "epoch_s": trained.get("epoch_seconds"),
+        "peak_memory_mb": trained.get("peak_memory_mb"), "knn_top1": ours["top1"], "knn_top5": ours["top5"],
         "floor": args.floor, "floor_top1": floor["top1"], "gain": round(ours["top1"] - floor["top1"], 4),
         "k": args.k, "temperature": args.temperature, "out": str(out),
     }))

@@ -519,6 +519,8 @@ class Trainer:
             "steps": global_step,
             "seconds": round(time.time() - started, 2),
             "skipped_images": len(ds.bad or ()),
+            "epoch_seconds": round(sum(h["epoch_seconds"] for h in history) / len(history), 2) if history else None,
+            "peak_memory_mb": peak_memory_mb(self.device),
             "final": history[-1] if history else None,
         }
 
@@ -603,6 +605,16 @@ class Trainer:
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this run: the CUDA allocator's high-water mark on a GPU, else the process's
+    peak resident set (which includes the Python and library footprint)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _indices(method: Method, indices: torch.Tensor) -> dict:

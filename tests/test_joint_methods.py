@@ -132,10 +132,11 @@ def test_collapse_watch_warns_only_when_the_spread_vanishes():
 def test_every_joint_method_trains_and_logs_its_spread(cli, tmp_path, name):
     extra = {"moco": ["--set", "method.queue_size=64"], "swav": ["--set", "method.prototypes=16",
              "--set", "method.small_crop_size=16"], "pirl": ["--set", "method.negatives=32"]}.get(name, [])
-    r = cli("pretrain", "--method", name, *TINY, "--epochs", "1", *extra, "--out", tmp_path / "run")
+    r = cli("pretrain", "--method", name, *TINY, "--epochs", "1", *extra, "--out", tmp_path / "run", "--json")
     assert r.code == 0, r.err
     record = epoch_records(tmp_path / "run")[-1]
     assert math.isfinite(record["loss"]) and record["embedding_std"] > 0
+    assert r.json["epoch_seconds"] > 0 and r.json["peak_memory_mb"] > 100  # the Python process alone is larger
 
 
 @pytest.mark.parametrize("name,extra", [
