@@ -39,3 +39,14 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' `x` concatenated along dim 0, rank order, without gradients (MoCo's keys for
+    the queue); `x` itself without torch.distributed."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

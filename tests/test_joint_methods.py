@@ -171,3 +171,27 @@ def test_queue_and_bank_survive_an_interruption_and_resume_is_exact(cli, tmp_pat
         [k for k in a if k.startswith("key_backbone.")]
     assert state and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     assert any(not torch.equal(saved[k], b[k]) for k in state)  # the state moved on after the resume
+
+
+def _gather_rank(rank, world, init_file, result_file):
+    import torch.distributed as dist
+
+    from sslcli import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        keys = torch.full((2, 3), float(rank + 1))
+        queue, pointer = torch.zeros(8, 3), torch.zeros((), dtype=torch.long)
+        enqueue(queue, pointer, distributed.gather(keys))
+        if rank == 1:
+            torch.save(queue, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_moco_queues_every_ranks_keys_in_rank_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "q.pt")), nprocs=2)
+    queue = torch.load(tmp_path / "q.pt")
+    assert queue[:, 0].tolist() == [1, 1, 2, 2, 0, 0, 0, 0]  # rank 1 holds rank 0's keys too

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..losses import info_nce, info_nce_logits
 from ..recipe import MethodConfig, option
 from ..registry import register_method
@@ -74,7 +75,8 @@ class MoCo(JointEmbedding):
             loss = (loss + info_nce(q2, k1, queue, cfg.temperature)) / 2
         with torch.no_grad():
             acc = (info_nce_logits(q1, k2, queue).argmax(1) == 0).float().mean()
-            enqueue(self.queue, self.queue_pointer, torch.cat([k2, k1]) if cfg.symmetric else k2)
+            # every rank's keys, so all ranks keep the same queue
+            enqueue(self.queue, self.queue_pointer, distributed.gather(torch.cat([k2, k1]) if cfg.symmetric else k2))
         return loss, {"pos_acc": acc, **self.spread(q1)}
 
     def on_step_end(self, progress: float) -> None:
