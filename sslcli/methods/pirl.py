@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import UserError
 from ..losses import info_nce
 from ..recipe import MethodConfig, option
@@ -98,5 +99,7 @@ class PIRL(JointEmbedding):
             (1 - cfg.mix) * info_nce(f, memory, negatives, cfg.temperature)
         with torch.no_grad():
             agree = (F.cosine_similarity(f, g) > F.cosine_similarity(f, g.roll(1, 0))).float().mean()
-            self.bank[indices] = F.normalize(cfg.bank_momentum * memory + (1 - cfg.bank_momentum) * f, dim=1)
+            # every rank's images, so all ranks keep the same bank
+            indices, f = distributed.gather(indices), distributed.gather(f.detach())
+            self.bank[indices] = F.normalize(cfg.bank_momentum * self.bank[indices] + (1 - cfg.bank_momentum) * f, dim=1)
         return loss, {"tiles_match": agree, **self.spread(f)}
