@@ -27,7 +27,7 @@ from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding
 from .base import StepOutput, patch_input_side, resize_patches, view_side
-from .jigsaw import TILES, check_tiles_fit, cut_tiles, normalise_tiles, tile_side
+from .jigsaw import TILES, check_tiles_fit, cut_tiles, normalise_tiles, shuffle_tiles, tile_side
 
 
 @dataclass
@@ -81,7 +81,7 @@ class PIRL(JointEmbedding):
         image = self.augment(images, gen)
         tiles = cut_tiles(self.augment(images, gen), self.tile, gen, channel_jitter=1)
         order = torch.argsort(torch.rand(tiles.shape[:2], generator=gen, device=tiles.device), dim=1)
-        tiles = torch.gather(tiles, 1, order.view(*order.shape, 1, 1, 1).expand_as(tiles))
+        tiles = shuffle_tiles(tiles, order, torch.arange(len(order), device=order.device))
         tiles = normalise_tiles(tiles, gen, self.cfg.tile_grayscale)
         negatives = torch.randint(len(self.bank), (min(self.cfg.negatives, len(self.bank)),), generator=gen,
                                   device=self.bank.device)
