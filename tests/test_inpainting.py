@@ -160,6 +160,21 @@ def test_config_refuses_bad_values(method, words):
         recipe(32, **method)
 
 
+@pytest.mark.parametrize("stages, channels", [(3, [128, 256, 512]), (1, [512])])
+def test_decoder_reads_the_last_stages(stages, channels, one_thread):
+    # ResNet-18's layer2, layer3, layer4 have 128, 256, 512 channels; the laterals show which are read
+    method = build(32, decoder_stages=stages)
+    assert [lat.in_channels for lat in method.decoder.lateral] == channels
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    loss, _ = method.training_step(method.make_views(images, torch.Generator().manual_seed(0)))
+    assert torch.isfinite(loss)
+
+
+def test_decoder_stages_beyond_the_backbone_are_refused():
+    with pytest.raises(UserError, match="decoder_stages is 9 .* between 1 and 5"):
+        build(32, decoder_stages=9)
+
+
 def test_fixed_batch_is_learned(one_thread):
     # 16 fixed 16-px images, the centre hidden: 12 SGD steps cut the hidden-region error by half.
     method = build(16, augment={"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip": 0})

@@ -13,13 +13,17 @@ from ..errors import UserError
 
 
 def dense_layers(backbone: nn.Module, count: int = 3) -> tuple[list[int], list[int]]:
-    """timm feature indices and channels of the backbone's last `count` stages (for a ResNet:
-    layer2, layer3, layer4), so every stage is trained by the dense task."""
+    """timm feature indices and channels of the backbone's last `count` stages (for a ResNet and
+    the default 3: layer2, layer3, layer4, so the task's signal reaches every stage directly; 1
+    feeds the decoder only the last stage, as Zhang et al. and Pathak et al. do)."""
     info = getattr(backbone, "feature_info", None)
     if not info or not hasattr(backbone, "forward_intermediates"):
         raise UserError(f"backbone '{type(backbone).__name__}' exposes no intermediate feature maps to timm; "
                         f"pixel-level tasks need one that does (ResNets, ConvNeXts, ViTs, ...)")
     entries = list(info) if isinstance(info, list) else [info.get_dicts()[i] for i in range(len(info))]
+    if not 1 <= count <= len(entries):
+        raise UserError(f"decoder_stages is {count} but backbone '{type(backbone).__name__}' has {len(entries)} "
+                        f"feature stages; set method.decoder_stages between 1 and {len(entries)}")
     chosen = list(range(len(entries)))[-count:]
     return chosen, [entries[i]["num_chs"] for i in chosen]
 

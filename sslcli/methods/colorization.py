@@ -220,6 +220,8 @@ class ColorizationConfig(MethodConfig):
     )
     annealed_t: float = option(0.38, "temperature of the annealed mean that turns bin scores into a colour", min=0.01)
     decoder_width: int = option(128, "channels of the light dense decoder", min=1)
+    decoder_stages: int = option(
+        3, "backbone stages the decoder reads, counted from the last (3: layer2-4 of a ResNet; 1: only the last)", min=1)
     prior_samples: int = option(2000, "training images sampled to estimate the colour prior", min=1)
 
 
@@ -230,7 +232,7 @@ class Colorization(Method):
 
     def __init__(self, cfg: ColorizationConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.decoder = LightDecoder(backbone, NUM_BINS, width=cfg.decoder_width)
+        self.decoder = LightDecoder(backbone, NUM_BINS, width=cfg.decoder_width, count=cfg.decoder_stages)
         self.out_size = max(1, self.crop_size // 4)
         self.register_buffer("prior", torch.full((NUM_BINS,), 1.0 / NUM_BINS))
         self.register_buffer("weights", torch.ones(NUM_BINS))

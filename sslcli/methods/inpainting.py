@@ -115,6 +115,8 @@ class InpaintingConfig(MethodConfig):
     blocks: int = option(4, "random mask: squares per view (they may overlap)", min=1)
     context_weight: float = option(0.0, "loss weight of the visible pixels' reconstruction (Pathak: small)", min=0)
     decoder_width: int = option(128, "channels of the light decoder", min=1)
+    decoder_stages: int = option(
+        3, "backbone stages the decoder reads, counted from the last (3: layer2-4 of a ResNet; 1: only the last)", min=1)
 
 
 @register_method("inpainting")
@@ -124,7 +126,7 @@ class Inpainting(Method):
 
     def __init__(self, cfg: InpaintingConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.decoder = LightDecoder(backbone, 3, width=cfg.decoder_width)
+        self.decoder = LightDecoder(backbone, 3, width=cfg.decoder_width, count=cfg.decoder_stages)
 
     @classmethod
     def check_data(cls, data, recipe) -> None:
