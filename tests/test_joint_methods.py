@@ -128,6 +128,18 @@ def test_collapse_watch_warns_only_when_the_spread_vanishes():
     assert warning and "collapsing" in warning
 
 
+def test_swav_warns_when_its_codes_go_uniform_even_with_spread_embeddings():
+    swav = build("swav", prototypes=16, small_crops=0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    _, metrics = swav.training_step(swav.make_views(images, torch.Generator().manual_seed(0)))
+    assert 0 <= float(metrics["code_entropy"]) <= 1
+    spread = 1 / math.sqrt(128)
+    assert swav.epoch_warning({"code_entropy": 0.70, "embedding_std": spread}) is None
+    warning = swav.epoch_warning({"code_entropy": 0.9999, "embedding_std": spread})
+    assert warning and "codes are uniform" in warning and "method.epsilon" in warning
+    assert "collapsing" in swav.epoch_warning({"code_entropy": 0.70, "embedding_std": 0.0})
+
+
 @pytest.mark.parametrize("name", JOINT)
 def test_every_joint_method_trains_and_logs_its_spread(cli, tmp_path, name):
     extra = {"moco": ["--set", "method.queue_size=64"], "swav": ["--set", "method.prototypes=16",

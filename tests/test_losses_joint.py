@@ -16,6 +16,7 @@ from sslcli.losses import (
     info_nce,
     info_nce_logits,
     nt_xent,
+    code_entropy,
     sinkhorn_knopp,
     swav_loss,
     vicreg_loss,
@@ -210,6 +211,23 @@ def test_sinkhorn_has_no_gradient_and_float32_output():
 def test_sinkhorn_bad_inputs_raise_value_error(shape, kwargs):
     with pytest.raises(ValueError, match="sinkhorn_knopp"):
         sinkhorn_knopp(torch.randn(*shape), **kwargs)
+
+
+def test_code_entropy_closed_forms():
+    assert float(code_entropy(torch.full((5, 8), 1 / 8))) == pytest.approx(1.0, abs=1e-6)  # uniform codes
+    assert float(code_entropy(torch.eye(4))) == pytest.approx(0.0, abs=1e-6)  # one prototype each
+    # rows (1/2, 1/2, 0, 0): entropy ln 2 of ln 4 = 1/2; averaged with a one-hot row: 1/4
+    codes = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 1.0, 0]])
+    assert float(code_entropy(codes)) == pytest.approx(0.25, abs=1e-6)
+    # Sinkhorn of identical scores is uniform; of well-separated ones, far from it
+    assert float(code_entropy(sinkhorn_knopp(torch.zeros(16, 8)))) == pytest.approx(1.0, abs=1e-6)
+    assert float(code_entropy(sinkhorn_knopp(cosine_scores(64, 8, seed=2), epsilon=0.02))) < 0.9
+
+
+@pytest.mark.parametrize("codes", [torch.ones(4), torch.ones(4, 1), torch.full((2, 3), 0.5), -torch.eye(3)])
+def test_code_entropy_bad_inputs_raise_value_error(codes):
+    with pytest.raises(ValueError, match="code_entropy"):
+        code_entropy(codes)
 
 
 def _sinkhorn_rank(rank, world, init_file, scores, result_file):

@@ -5,12 +5,13 @@ from .byol import byol_loss
 from .collapse import collapse_floor, embedding_std
 from .info_nce import info_nce, info_nce_logits
 from .nt_xent import nt_xent
-from .swav import sinkhorn_knopp, swav_loss
+from .swav import code_entropy, sinkhorn_knopp, swav_loss
 from .vicreg import vicreg_loss
 
 __all__ = [
     "barlow_twins_loss",
     "byol_loss",
+    "code_entropy",
     "collapse_floor",
     "cross_correlation",
     "embedding_std",

@@ -81,3 +81,17 @@ def swav_loss(
             if j != i:
                 terms.append(-(q * log_p[j]).sum(dim=1).mean())
     return torch.stack(terms).mean()
+
+
+def code_entropy(codes: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the (B, K) soft codes' rows over ln K: 0 when every image is assigned to one
+    prototype, 1 when every code is uniform. Near 1, the prototypes no longer tell images apart
+    and the swapped prediction has nothing to teach (SwAV's own collapse, which can leave the
+    embeddings spread out)."""
+    if codes.ndim != 2 or codes.shape[1] < 2:
+        raise ValueError(f"code_entropy expects (B, K) codes with K >= 2, got {tuple(codes.shape)}")
+    q = codes.float()
+    if (q < 0).any() or not torch.allclose(q.sum(1), torch.ones_like(q[:, 0]), atol=1e-3):
+        raise ValueError("code_entropy expects codes whose rows are probability distributions (>= 0, summing to 1)")
+    entropy = -(q * q.clamp_min(1e-30).log()).sum(1)
+    return entropy.mean() / torch.log(torch.tensor(float(q.shape[1])))

@@ -15,6 +15,7 @@ enough samples; it is module state, checkpointed with the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -22,11 +23,16 @@ import torch.nn.functional as F
 
 from ..data.augment import ViewAugment
 from ..errors import UserError
-from ..losses import sinkhorn_knopp, swav_loss
+from ..losses import code_entropy, sinkhorn_knopp, swav_loss
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding
 from .base import StepOutput, projection_mlp
+
+
+# Codes' entropy over ln K above which SwAV has collapsed to uniform codes: 0.9999 in a collapsed
+# run on synthetic:shapes (loss stuck at ln 64), 0.68-0.71 at the end of a healthy one.
+UNIFORM_CODES = 0.99
 
 
 @dataclass
@@ -106,7 +112,16 @@ class SwAV(JointEmbedding):
                 self.queue_filled.fill_(min(cfg.queue_size, int(self.queue_filled) + n))
             used = codes[0].argmax(1).unique().numel() / cfg.prototypes
         loss = swav_loss(crops, codes, cfg.temperature)
-        return loss, {"prototypes_used": torch.tensor(used), **self.spread(z[:n])}
+        return loss, {"prototypes_used": torch.tensor(used), "code_entropy": code_entropy(codes[0]),
+                      **self.spread(z[:n])}
+
+    def epoch_warning(self, record: dict[str, float]) -> Optional[str]:
+        entropy = record.get("code_entropy")
+        if entropy is not None and entropy > UNIFORM_CODES:
+            return (f"the SwAV codes are uniform: their entropy is {entropy:.4f} of ln K, so no prototype tells "
+                    f"images apart and the swapped prediction teaches nothing (the loss sits at ln K); lower "
+                    f"method.epsilon (e.g. {self.cfg.epsilon / 2.5:g}) or method.prototypes, or raise the augmentation strength")
+        return super().epoch_warning(record)
 
     def on_step_end(self, progress: float) -> None:
         self.steps_done += 1
