@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..recipe import MethodConfig, option
 
 
 def dense_layers(backbone: nn.Module, count: int = 3) -> tuple[list[int], list[int]]:
@@ -26,6 +28,15 @@ def dense_layers(backbone: nn.Module, count: int = 3) -> tuple[list[int], list[i
                         f"feature stages; set method.decoder_stages between 1 and {len(entries)}")
     chosen = list(range(len(entries)))[-count:]
     return chosen, [entries[i]["num_chs"] for i in chosen]
+
+
+@dataclass
+class DenseConfig(MethodConfig):
+    """Keys of the dense decoder, shared by the pixel-level tasks."""
+
+    decoder_width: int = option(128, "channels of the light dense decoder", min=1)
+    decoder_stages: int = option(
+        3, "backbone stages the decoder reads, counted from the last (3: layer2-4 of a ResNet; 1: only the last)", min=1)
 
 
 class LightDecoder(nn.Module):

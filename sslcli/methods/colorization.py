@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from ..data.augment import normalize, random_resized_crop, to_float
 from ..errors import UserError
-from ..recipe import MethodConfig, Recipe, option
+from ..recipe import Recipe, option
 from ..registry import register_method
-from ._dense import LightDecoder, tile_grid
+from ._dense import DenseConfig, LightDecoder, tile_grid
 from .base import Method, StepOutput, view_side
 
 # ---------------------------------------------------------------- colour space
@@ -213,15 +213,12 @@ def _grey(L: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class ColorizationConfig(MethodConfig):
+class ColorizationConfig(DenseConfig):
     rebalance: float = option(
         0.5, "class rebalancing strength, 1 - lambda of the paper (0.5 there): 0 off (all weights 1), "
              "higher weighs rare colours up", min=0, max=0.99,
     )
     annealed_t: float = option(0.38, "temperature of the annealed mean that turns bin scores into a colour", min=0.01)
-    decoder_width: int = option(128, "channels of the light dense decoder", min=1)
-    decoder_stages: int = option(
-        3, "backbone stages the decoder reads, counted from the last (3: layer2-4 of a ResNet; 1: only the last)", min=1)
     prior_samples: int = option(2000, "training images sampled to estimate the colour prior", min=1)
 
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resized_crop, to_float
 from ..errors import UserError
-from ..recipe import MethodConfig, option
+from ..recipe import option
 from ..registry import register_method
-from ._dense import LightDecoder, tile_grid
+from ._dense import DenseConfig, LightDecoder, tile_grid
 from .base import Method, StepOutput, view_side
 
 MIN_SIDE = 16  # training views smaller than this leave too little context around the hole
@@ -108,15 +108,12 @@ def hidden_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 @dataclass
-class InpaintingConfig(MethodConfig):
+class InpaintingConfig(DenseConfig):
     mask: Literal["center", "random"] = option(
         "center", "center: one centred square; random: `blocks` squares at random places in each view")
     fraction: float = option(0.25, "share of the view's area hidden (0.25: Pathak's quarter)", min=0.01, max=0.75)
     blocks: int = option(4, "random mask: squares per view (they may overlap)", min=1)
     context_weight: float = option(0.0, "loss weight of the visible pixels' reconstruction (Pathak: small)", min=0)
-    decoder_width: int = option(128, "channels of the light decoder", min=1)
-    decoder_stages: int = option(
-        3, "backbone stages the decoder reads, counted from the last (3: layer2-4 of a ResNet; 1: only the last)", min=1)
 
 
 @register_method("inpainting")
