@@ -8,6 +8,7 @@ Transport", NeurIPS 2013) over the prototype scores of the whole batch, across a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -94,4 +95,4 @@ def code_entropy(codes: torch.Tensor) -> torch.Tensor:
     # sync every training step.
     q = codes.float()
     entropy = -(q * q.clamp_min(1e-30).log()).sum(1)
-    return entropy.mean() / torch.log(torch.tensor(float(q.shape[1])))
+    return entropy.mean() / math.log(q.shape[1])
