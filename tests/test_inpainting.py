@@ -170,6 +170,16 @@ def test_decoder_reads_the_last_stages(stages, channels, one_thread):
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+def test_decoder_depth_stacks_3x3_blocks(depth, one_thread):
+    method = build(32, decoder_depth=depth)
+    kernels = [m.kernel_size for m in method.decoder.fuse if isinstance(m, torch.nn.Conv2d)]
+    assert kernels == [(3, 3)] * depth + [(1, 1)]
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    loss, _ = method.training_step(method.make_views(images, torch.Generator().manual_seed(0)))
+    assert torch.isfinite(loss)
+
+
 def test_decoder_stages_beyond_the_backbone_are_refused():
     with pytest.raises(UserError, match="decoder_stages is 9 .* between 1 and 5"):
         build(32, decoder_stages=9)

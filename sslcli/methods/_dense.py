@@ -37,21 +37,23 @@ class DenseConfig(MethodConfig):
     decoder_width: int = option(128, "channels of the light dense decoder", min=1)
     decoder_stages: int = option(
         3, "backbone stages the decoder reads, counted from the last (3: layer2-4 of a ResNet; 1: only the last)", min=1)
+    decoder_depth: int = option(
+        1, "3x3 convolution blocks after the fusion; a deeper decoder takes on the pixel-specific work, "
+           "leaving the backbone's features more abstract (He et al. 2022, MAE)", min=1)
 
 
 class LightDecoder(nn.Module):
     """Each feature map goes through a 1x1 convolution to `width` channels and is upsampled to the
-    finest map's grid; the sum passes a 3x3 convolution, BN, ReLU and a 1x1 convolution to
-    `out_channels`, then is resized to the requested output side."""
+    finest map's grid; the sum passes `depth` blocks of 3x3 convolution, BN and ReLU and a 1x1
+    convolution to `out_channels`, then is resized to the requested output side."""
 
-    def __init__(self, backbone: nn.Module, out_channels: int, width: int = 128, count: int = 3):
+    def __init__(self, backbone: nn.Module, out_channels: int, width: int = 128, count: int = 3, depth: int = 1):
         super().__init__()
         self.indices, channels = dense_layers(backbone, count)
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, out_channels, 1),
-        )
+        blocks = [layer for _ in range(depth) for layer in (
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))]
+        self.fuse = nn.Sequential(*blocks, nn.Conv2d(width, out_channels, 1))
 
     def forward(self, backbone: nn.Module, x: torch.Tensor, out_size: int) -> torch.Tensor:
         maps = backbone.forward_intermediates(x, indices=self.indices, intermediates_only=True)

@@ -229,7 +229,8 @@ class Colorization(Method):
 
     def __init__(self, cfg: ColorizationConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.decoder = LightDecoder(backbone, NUM_BINS, width=cfg.decoder_width, count=cfg.decoder_stages)
+        self.decoder = LightDecoder(backbone, NUM_BINS, width=cfg.decoder_width, count=cfg.decoder_stages,
+                                    depth=cfg.decoder_depth)
         self.out_size = max(1, self.crop_size // 4)
         self.register_buffer("prior", torch.full((NUM_BINS,), 1.0 / NUM_BINS))
         self.register_buffer("weights", torch.ones(NUM_BINS))

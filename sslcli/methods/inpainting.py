@@ -123,7 +123,8 @@ class Inpainting(Method):
 
     def __init__(self, cfg: InpaintingConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.decoder = LightDecoder(backbone, 3, width=cfg.decoder_width, count=cfg.decoder_stages)
+        self.decoder = LightDecoder(backbone, 3, width=cfg.decoder_width, count=cfg.decoder_stages,
+                                    depth=cfg.decoder_depth)
 
     @classmethod
     def check_data(cls, data, recipe) -> None:
