@@ -129,7 +129,7 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(o.momentum, 0.999))
     groups[1]["lars"] = False
-    return LARS(groups, lr=lr, momentum=o.momentum)
+    return LARS(groups, lr=lr, momentum=o.momentum, trust=o.trust)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float) -> float:

@@ -102,6 +102,9 @@ class OptimConfig:
         "linear", "linear: lr*batch/256; sqrt: lr*sqrt(batch/256); none: lr as given"
     )
     momentum: float = option(0.9, "SGD/LARS momentum, AdamW beta1", min=0, max=1)
+    trust: float = option(
+        0.001, "LARS trust coefficient: each weight's step is lr*trust of its norm (ImageNet papers' 0.001 "
+               "assumes their large batches and long schedules)", min=0)
     weight_decay: float = option(1.0e-4, "weight decay (not applied to biases and norm layers)", min=0)
     warmup_epochs: float = option(2.0, "linear warmup from 0, in epochs", min=0)
     schedule: Literal["cosine", "constant"] = option("cosine", "learning rate schedule after warmup")

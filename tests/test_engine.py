@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslcli.engine import LARS, epoch_order, lr_factor
+from sslcli.engine import LARS, build_optimizer, epoch_order, lr_factor
+from sslcli.recipe import resolve_recipe
+from sslcli.registry import get_method
 
 from conftest import TINY
 
@@ -40,6 +42,14 @@ def test_lars_trust_ratio_by_hand():
     q.grad = torch.tensor([2.0])
     LARS([{"params": [q], "weight_decay": 0.0, "lars": False}], lr=0.5, momentum=0.0).step()
     assert torch.allclose(q.detach(), torch.tensor([0.0]))  # plain SGD for excluded groups
+
+
+def test_lars_trust_comes_from_the_recipe():
+    raw = {"method": {"name": "vicreg"}, "optim": {"name": "lars", "trust": 0.02}}
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), resolve_recipe(raw, lambda n: get_method(n).Config))
+    assert isinstance(optimizer, LARS)
+    assert [g["trust"] for g in optimizer.param_groups] == [0.02, 0.02]
+    assert [g["lars"] for g in optimizer.param_groups] == [True, False]  # the weight adapts, the bias does not
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
