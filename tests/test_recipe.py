@@ -3,7 +3,7 @@ import yaml
 
 from sslcli.errors import UserError
 from sslcli.recipe import (
-    apply_overrides, bundled_recipes, find_recipe, parse_set, read_yaml, resolve_recipe,
+    apply_overrides, bundled_recipes, find_recipe, parse_set, read_yaml, resolve_recipe, resume_conflicts,
 )
 from sslcli.registry import get_method
 
@@ -79,3 +79,12 @@ def test_missing_recipe_file_and_unknown_bundled_name(tmp_path):
         find_recipe(str(tmp_path / "nope.yaml"))
     with pytest.raises(UserError, match="did you mean 'simclr'"):
         find_recipe("simclrr")
+
+
+def test_resume_takes_a_key_missing_from_an_older_run_as_its_default():
+    # a run saved before optim.trust existed trained with the default; only a change of it conflicts
+    old = resolve({"method": {"name": "vicreg"}, "optim": {"name": "lars"}}).to_dict()
+    del old["optim"]["trust"]
+    assert resume_conflicts(old, resolve({"method": {"name": "vicreg"}, "optim": {"name": "lars"}})) == []
+    changed = resolve({"method": {"name": "vicreg"}, "optim": {"name": "lars", "trust": 0.02}})
+    assert resume_conflicts(old, changed) == ["optim.trust (run 0.001, now 0.02)"]
