@@ -174,18 +174,10 @@ def resume_conflicts(saved: dict, recipe: Recipe) -> list[str]:
     way a resumed run cannot take. A key the saved recipe lacks came with a later sslcli version
     whose default keeps the old behaviour, so the run had that default."""
     now = flatten(recipe.to_dict())
-    before = {**{key: _default(recipe, key) for key in now}, **flatten(saved)}
+    defaults = {s: dataclasses.asdict(type(getattr(recipe, s))()) for s in ("method", *SECTIONS)}
+    before = {**flatten(defaults), **flatten(saved)}
     return [f"{key} (run {before.get(key)!r}, now {now.get(key)!r})" for key in sorted(set(before) | set(now))
             if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key)]
-
-
-def _default(recipe: Recipe, key: str) -> Any:
-    """The dataclass default of `section.name` in `recipe`'s config classes."""
-    section, name = key.split(".", 1)
-    for f in dataclasses.fields(getattr(recipe, section)):
-        if f.name == name:
-            return f.default_factory() if f.default is dataclasses.MISSING else f.default
-    return None
 
 
 # ---------------------------------------------------------------- type checking
