@@ -17,6 +17,7 @@ from sslcli.methods.colorization import (
     rebalance_weights,
     rgb_to_lab,
     smooth_prior,
+    soft_encode_ab,
     weighted_cross_entropy,
 )
 
@@ -158,6 +159,44 @@ def test_weighted_cross_entropy_with_uniform_weights_is_plain_cross_entropy():
     assert torch.allclose(weighted_cross_entropy(logits, target, weights), manual)
     with pytest.raises(ValueError, match="target shape"):
         weighted_cross_entropy(logits, target[:, :2], weights)
+
+
+
+def test_soft_encoding_spreads_a_colour_over_its_nearest_bins_by_a_gaussian():
+    # a value on a bin centre: itself at distance 0 and its 4 edge neighbours at 10 ab units,
+    # each weighted exp(-10^2 / (2 * 5^2)) = exp(-2) of the centre
+    centre = decode_bins(torch.tensor([10 * 22 + 13]))  # (1, 2)
+    soft = soft_encode_ab(centre, neighbours=5, sigma=5.0)
+    assert soft.shape == (1, NUM_BINS)
+    peak = 1 / (1 + 4 * math.exp(-2))
+    assert soft[0, 10 * 22 + 13].item() == pytest.approx(peak, rel=1e-5)
+    for index in (9 * 22 + 13, 11 * 22 + 13, 10 * 22 + 12, 10 * 22 + 14):
+        assert soft[0, index].item() == pytest.approx(peak * math.exp(-2), rel=1e-5)
+    assert int((soft > 0).sum()) == 5
+    gen = torch.Generator().manual_seed(1)
+    ab = torch.rand(3, 2, 4, 4, generator=gen) * 200 - 100
+    soft = soft_encode_ab(ab)
+    assert soft.shape == (3, NUM_BINS, 4, 4)
+    assert torch.allclose(soft.sum(1), torch.ones(3, 4, 4))
+    assert torch.equal(soft.argmax(1), encode_ab(ab))  # the heaviest bin is the nearest one
+    assert torch.equal(soft_encode_ab(ab, neighbours=1), F.one_hot(encode_ab(ab), NUM_BINS).movedim(-1, 1).float())
+    with pytest.raises(ValueError, match="neighbours"):
+        soft_encode_ab(ab, neighbours=0)
+
+
+def test_weighted_cross_entropy_of_a_soft_target_weighs_each_pixel_by_its_heaviest_bin():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, NUM_BINS, 3, 3, generator=gen)
+    ab = torch.rand(2, 2, 3, 3, generator=gen) * 200 - 100
+    weights = torch.rand(NUM_BINS, generator=gen)
+    hard = encode_ab(ab)
+    one_hot = soft_encode_ab(ab, neighbours=1)
+    assert torch.allclose(weighted_cross_entropy(logits, one_hot, weights), weighted_cross_entropy(logits, hard, weights))
+    soft = soft_encode_ab(ab)
+    manual = (-(soft * F.log_softmax(logits, 1)).sum(1) * weights[hard]).mean()
+    assert torch.allclose(weighted_cross_entropy(logits, soft, weights), manual)
+    with pytest.raises(ValueError, match="target shape"):
+        weighted_cross_entropy(logits, soft[:, :, :2], weights)
 
 
 class FileSplit:

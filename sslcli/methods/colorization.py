@@ -124,6 +124,26 @@ def encode_ab(ab: torch.Tensor) -> torch.Tensor:
     return cell[:, 0] * BINS_PER_SIDE + cell[:, 1]
 
 
+def soft_encode_ab(ab: torch.Tensor, neighbours: int = 5, sigma: float = 5.0) -> torch.Tensor:
+    """(N, 2, ...) ab values to (N, 484, ...) target distributions: each value's `neighbours`
+    nearest bin centres weighted by a Gaussian of their distance (sigma in ab units), summing to 1.
+    The paper's soft encoding (5 neighbours, sigma 5); 1 neighbour is the one-hot of `encode_ab`."""
+    if not isinstance(ab, torch.Tensor) or ab.ndim < 2 or ab.shape[1] != 2 or not ab.is_floating_point():
+        what = f"{ab.dtype} {tuple(ab.shape)}" if isinstance(ab, torch.Tensor) else type(ab).__name__
+        raise ValueError(f"soft_encode_ab expects (N, 2, ...) float ab values, got {what}")
+    if not 1 <= neighbours <= NUM_BINS:
+        raise ValueError(f"soft_encode_ab neighbours must lie in [1, {NUM_BINS}], got {neighbours}")
+    if not sigma > 0:
+        raise ValueError(f"soft_encode_ab sigma must be positive, got {sigma}")
+    values = ab.float().movedim(1, -1)  # (N, ..., 2)
+    if neighbours == 1:
+        return F.one_hot(encode_ab(ab), NUM_BINS).movedim(-1, 1).float()
+    d2 = ((values.unsqueeze(-2) - _centres(ab.device, torch.float32)) ** 2).sum(-1)  # (N, ..., 484)
+    near, index = d2.topk(neighbours, dim=-1, largest=False)
+    w = torch.softmax(-near / (2 * sigma**2), dim=-1)
+    return torch.zeros_like(d2).scatter_(-1, index, w).movedim(-1, 1)
+
+
 def decode_bins(index: torch.Tensor) -> torch.Tensor:
     """(N, ...) bin indices to (N, 2, ...) ab bin centres."""
     if not isinstance(index, torch.Tensor) or index.ndim < 1 or index.is_floating_point() or index.is_complex():
@@ -192,16 +212,23 @@ def rebalance_weights(prior: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-pixel cross-entropy of (N, Q, ...) logits against (N, ...) bin indices, each pixel's
-    loss multiplied by the weight of its target bin, averaged over pixels."""
+    """Per-pixel cross-entropy of (N, Q, ...) logits against (N, ...) bin indices or (N, Q, ...)
+    target distributions (soft encoding), each pixel's loss multiplied by the weight of its target
+    bin (the most probable one for a distribution, as in the paper), averaged over pixels."""
     if not isinstance(logits, torch.Tensor) or logits.ndim < 2:
         raise ValueError(f"weighted_cross_entropy expects (N, Q, ...) logits, got {getattr(logits, 'shape', logits)}")
-    if target.shape != logits.shape[:1] + logits.shape[2:]:
+    soft = target.is_floating_point()
+    expected = logits.shape if soft else logits.shape[:1] + logits.shape[2:]
+    if target.shape != expected:
         raise ValueError(f"weighted_cross_entropy: target shape {tuple(target.shape)} does not match logits "
-                         f"{tuple(logits.shape)} (expected {tuple(logits.shape[:1] + logits.shape[2:])})")
+                         f"{tuple(logits.shape)} (expected {tuple(expected)})")
     if weights.shape != (logits.shape[1],):
         raise ValueError(f"weighted_cross_entropy expects ({logits.shape[1]},) weights, got {tuple(weights.shape)}")
-    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    if soft:
+        ce = -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+        target = target.argmax(1)
+    else:
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
     return (ce * weights.float()[target]).mean()
 
 
@@ -220,6 +247,10 @@ class ColorizationConfig(DenseConfig):
     )
     annealed_t: float = option(0.38, "temperature of the annealed mean that turns bin scores into a colour", min=0.01)
     prior_samples: int = option(2000, "training images sampled to estimate the colour prior", min=1)
+    soft_neighbours: int = option(
+        1, "nearest bins each pixel's true colour is spread over, Gaussian-weighted (sigma 5): the paper's "
+           "soft encoding uses 5; 1 is a one-hot target", min=1, max=NUM_BINS,
+    )
 
 
 @register_method("colorization")
@@ -263,7 +294,8 @@ class Colorization(Method):
     def training_step(self, views) -> StepOutput:
         inputs, target, ab = views
         logits = self.decoder(self.backbone, inputs, self.out_size).float()
-        loss = weighted_cross_entropy(logits, target, self.weights)
+        soft = soft_encode_ab(ab, self.cfg.soft_neighbours) if self.cfg.soft_neighbours > 1 else target
+        loss = weighted_cross_entropy(logits, soft, self.weights)
         with torch.no_grad():
             acc = (logits.argmax(1) == target).float().mean()
             err = (annealed_mean(logits, self.cfg.annealed_t) - ab.float()).abs().mean()
