@@ -161,7 +161,6 @@ def test_weighted_cross_entropy_with_uniform_weights_is_plain_cross_entropy():
         weighted_cross_entropy(logits, target[:, :2], weights)
 
 
-
 def test_soft_encoding_spreads_a_colour_over_its_nearest_bins_by_a_gaussian():
     # a value on a bin centre: itself at distance 0 and its 4 edge neighbours at 10 ab units,
     # each weighted exp(-10^2 / (2 * 5^2)) = exp(-2) of the centre
