@@ -59,6 +59,17 @@ def test_probe_at_chance_on_noise():
     assert train_linear_probe(tx, ty, vx, vy, 4, epochs=20)["top1"] < 0.45
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_probe_on_gpu_matches_cpu():
+    g = torch.Generator().manual_seed(2)
+    centres = torch.randn(4, 30, generator=g) * 2
+    y, vy = torch.arange(400) % 4, torch.arange(120) % 4
+    x, vx = centres[y] + torch.randn(400, 30, generator=g), centres[vy] + torch.randn(120, 30, generator=g)
+    on_cpu = train_linear_probe(x, y, vx, vy, 4, epochs=10)
+    on_gpu = train_linear_probe(x, y, vx, vy, 4, epochs=10, device="cuda")
+    assert abs(on_cpu["top1"] - on_gpu["top1"]) <= 2 / 120  # the same data order; float rounding aside
+
+
 def test_class_balanced_fraction():
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)
     split = Split(labels=labels, images=torch.zeros(85, 3, 2, 2, dtype=torch.uint8), size=2)

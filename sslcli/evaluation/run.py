@@ -124,7 +124,7 @@ def run_probe(model_spec: str, data: str, *, layers: str = "last", epochs: int =
     rows = []
     for name in train_f:
         acc = train_linear_probe(train_f[name], train_y, val_f[name], val_y, len(ds.classes), epochs=epochs, lr=lr,
-                                 weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+                                 weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=dev)
         rows.append({"layer": name, "dims": int(train_f[name].shape[1]),
                      **{k: round(v, 6) for k, v in acc.items()}})
     return {
