@@ -402,6 +402,9 @@ class Trainer:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
             start_epoch, start_step, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
             self.console.print(f"resuming from epoch {start_epoch}, step {global_step}")
+            # a kill between writing last.pt and the backbone leaves the backbone a save behind, and a
+            # run resumed at its very end trains no step that would write it again
+            save_backbone(method.backbone, replace(info, epoch=start_epoch), self.out)
         elif resume:
             self.console.print("no checkpoint was written before the run stopped; starting from the beginning")
         self.resume_state = None  # the optimiser state now lives in the optimiser

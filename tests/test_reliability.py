@@ -176,6 +176,35 @@ def test_really_full_disk_keeps_the_last_checkpoint(cli, small_tmpfs, monkeypatc
     assert same_weights(straight, run)
 
 
+class _Killed(BaseException):
+    """Stands for a kill -9: nothing after it runs, not even the engine's cleanup."""
+
+
+def test_kill_between_checkpoint_and_backbone_then_resume_is_exact(cli, tmp_path, monkeypatch, straight):
+    """A kill after the final last.pt is written but before backbone.safetensors is: --resume has
+    no step left to train, and must still leave the backbone of the checkpoint it resumed."""
+    import sslcli.engine
+
+    written = sslcli.engine.save_backbone
+
+    def killed_before_the_last_backbone(model, info, folder):
+        if info.epoch == 3:
+            raise _Killed
+        return written(model, info, folder)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(sslcli.engine, "save_backbone", killed_before_the_last_backbone)
+        with pytest.raises(_Killed):
+            cli(*RUN, "--epochs", "3", "--out", run)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
+    assert json.loads((run / "backbone.json").read_text())["epoch"] == 2
+    r = cli(*RUN, "--epochs", "3", "--out", run, "--resume")
+    assert r.code == 0, r.err
+    assert same_weights(straight, run)
+    assert json.loads((run / "backbone.json").read_text())["epoch"] == 3
+
+
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     """Three kill -9s at random moments of one run (checkpoint writes included), each followed by
     --resume; the weights end identical to an uninterrupted run's."""
