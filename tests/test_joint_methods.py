@@ -79,6 +79,51 @@ def test_byol_target_gets_no_gradient():
     assert byol.predictor[0].weight.grad is not None and byol.backbone.conv1.weight.grad is not None
 
 
+def test_byol_multi_crop_regresses_every_small_crop_onto_both_large_targets():
+    from sslcli.losses import byol_loss
+
+    torch.manual_seed(0)
+    byol = build("byol", proj_hidden_dim=64, proj_dim=32, small_crops=2, small_crop_size=16)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    large, small = byol.make_views(images, torch.Generator().manual_seed(0))
+    assert large.shape == (12, 3, 32, 32) and small.shape == (12, 3, 16, 16)
+    byol.eval()  # batch statistics aside, the same forward passes the step makes
+    loss, _ = byol.training_step((large, small))
+    with torch.no_grad():
+        p = byol.predictor(byol.projector(byol.backbone(large)))
+        q = byol.predictor(byol.projector(byol.backbone(small)))
+        t = byol.target_projector(byol.target_backbone(large))
+    t1, t2 = t[:6], t[6:]
+    pairs = [(p[:6], t2), (p[6:], t1), (q[:6], t1), (q[:6], t2), (q[6:], t1), (q[6:], t2)]
+    expected = sum(2 - 2 * torch.cosine_similarity(a, b).mean() for a, b in pairs) / 6
+    assert float(loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+    assert float(byol_loss(p[:6], t2)) == pytest.approx(float(2 - 2 * torch.cosine_similarity(p[:6], t2).mean()), abs=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in byol.target_backbone.parameters())
+
+
+def test_byol_without_small_crops_is_the_papers_symmetric_loss():
+    torch.manual_seed(0)
+    byol = build("byol", proj_hidden_dim=64, proj_dim=32)
+    views = byol.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert isinstance(views, torch.Tensor) and views.shape == (8, 3, 32, 32)
+    byol.eval()
+    loss, _ = byol.training_step(views)
+    with torch.no_grad():
+        p = byol.predictor(byol.projector(byol.backbone(views)))
+        t = byol.target_projector(byol.target_backbone(views))
+    cos = torch.cosine_similarity
+    expected = ((2 - 2 * cos(p[:4], t[4:]).mean()) + (2 - 2 * cos(p[4:], t[:4]).mean())) / 2
+    assert float(loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("scale", ["[0.5, 0.2]", "[0, 0.3]", "[0.1, 1.5]"])
+def test_multi_crop_refuses_a_bad_small_crop_scale(cli, tmp_path, scale):
+    r = cli("pretrain", "--method", "byol", *TINY, "--set", f"method.small_crop_scale={scale}", "--out", tmp_path / "run")
+    assert r.code == 2 and "method.small_crop_scale must be [low, high]" in r.err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
 def test_swav_prototypes_are_normalised_and_frozen_at_first():
     torch.manual_seed(0)
     swav = build("swav", prototypes=10, freeze_prototypes_steps=1, small_crops=2, small_crop_size=16)

@@ -1,17 +1,21 @@
-"""Shared pieces of the joint-embedding methods: two augmented views, a momentum (EMA) copy of
-a network, and the collapse watch (the std of the normalised embeddings)."""
+"""Shared pieces of the joint-embedding methods: two augmented views, optional small crops
+(multi-crop), a momentum (EMA) copy of a network, and the collapse watch (the std of the
+normalised embeddings)."""
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from ..data.augment import ViewAugment
+from ..errors import UserError
 from ..losses import collapse_floor, embedding_std
+from ..recipe import MethodConfig, option
 from .base import Method
 
 COLLAPSE_FRACTION = 0.25  # warn when the embedding std falls below this share of a healthy spread
@@ -41,6 +45,25 @@ def cosine_momentum(base: float, progress: float, ramp: bool = True) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
 
 
+@dataclass
+class MultiCropConfig(MethodConfig):
+    """Keys of multi-crop (Caron et al., NeurIPS 2020): besides the two large views, `small_crops`
+    low-resolution crops of each image, which only predict and never serve as targets."""
+
+    small_crops: int = option(0, "low-resolution crops per image besides the 2 large ones", min=0)
+    small_crop_size: int = option(32, "side of the small crops in px (large crops: augment.crop_size)", min=8)
+    small_crop_scale: list[float] = option([0.05, 0.3], "area range of the small crops, fractions of the image")
+
+    def validate(self) -> None:
+        check_scale("small_crop_scale", self.small_crop_scale)
+
+
+def check_scale(name: str, scale: list[float]) -> None:
+    """Refuse a crop area range that is not [low, high] with 0 < low <= high <= 1."""
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise UserError(f"method.{name} must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
+
+
 class JointEmbedding(Method):
     """A method that learns by making embeddings of views of one image agree: two views of the
     recipe's augmentation, and a warning when the embeddings collapse to a point."""
@@ -52,6 +75,18 @@ class JointEmbedding(Method):
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
         return torch.cat([self.augment(images, gen), self.augment(images, gen)])
+
+    def small_crop_augment(self) -> Optional[ViewAugment]:
+        """The augmentation of the small crops of a `MultiCropConfig` method: the recipe's, at the
+        small crops' side and area range; None when the recipe asks for none."""
+        cfg = self.cfg
+        if not getattr(cfg, "small_crops", 0):
+            return None
+        return ViewAugment(replace(self.recipe.augment, crop_scale=list(cfg.small_crop_scale)), cfg.small_crop_size)
+
+    def small_views(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The `small_crops` small crops of every image, crop by crop: (small_crops * N, C, s, s)."""
+        return torch.cat([self.small(images, gen) for _ in range(self.cfg.small_crops)])
 
     def spread(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """The collapse watch metric of embeddings `z` (N, D)."""

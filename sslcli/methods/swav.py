@@ -22,11 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import ViewAugment
-from ..errors import UserError
 from ..losses import code_entropy, sinkhorn_knopp, swav_loss
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from ._joint import JointEmbedding
+from ._joint import JointEmbedding, MultiCropConfig, check_scale
 from .base import StepOutput, projection_mlp
 
 
@@ -36,15 +35,13 @@ UNIFORM_CODES = 0.99
 
 
 @dataclass
-class SwAVConfig(MethodConfig):
+class SwAVConfig(MultiCropConfig):
     prototypes: int = option(3000, "number of prototypes (clusters)", min=2)
     temperature: float = option(0.1, "softmax temperature of the swapped prediction", min=1e-4)
     epsilon: float = option(0.05, "Sinkhorn-Knopp entropy regularisation", min=1e-4)
     sinkhorn_iterations: int = option(3, "Sinkhorn-Knopp iterations", min=1)
     freeze_prototypes_steps: int = option(300, "steps at the start during which the prototypes are not trained", min=0)
     small_crops: int = option(4, "low-resolution crops per image besides the 2 large ones", min=0)
-    small_crop_size: int = option(32, "side of the small crops in px (large crops: augment.crop_size)", min=8)
-    small_crop_scale: list[float] = option([0.05, 0.3], "area range of the small crops, fractions of the image")
     large_crop_scale: list[float] = option([0.3, 1.0], "area range of the 2 large crops (replaces augment.crop_scale)")
     queue_size: int = option(0, "past large-crop embeddings added to the Sinkhorn problem; 0: no queue", min=0)
     queue_start_epoch: int = option(15, "epoch from which the queue is used (it fills from the start)", min=0)
@@ -52,10 +49,8 @@ class SwAVConfig(MethodConfig):
     proj_dim: int = option(128, "projection output (and prototype) dimension", min=1)
 
     def validate(self) -> None:
-        for name in ("small_crop_scale", "large_crop_scale"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high <= 1:
-                raise UserError(f"method.{name} must be [low, high] with 0 < low <= high <= 1, got {[low, high]}")
+        super().validate()
+        check_scale("large_crop_scale", self.large_crop_scale)
 
 
 @register_method("swav")
@@ -66,7 +61,7 @@ class SwAV(JointEmbedding):
     def __init__(self, cfg: SwAVConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         self.large = ViewAugment(replace(recipe.augment, crop_scale=list(cfg.large_crop_scale)), self.crop_size)
-        self.small = ViewAugment(replace(recipe.augment, crop_scale=list(cfg.small_crop_scale)), cfg.small_crop_size)
+        self.small = self.small_crop_augment()
         self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -78,7 +73,7 @@ class SwAV(JointEmbedding):
         large = torch.cat([self.large(images, gen), self.large(images, gen)])
         if not self.cfg.small_crops:
             return (large,)
-        return large, torch.cat([self.small(images, gen) for _ in range(self.cfg.small_crops)])
+        return large, self.small_views(images, gen)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.backbone(x)).float(), dim=1)
