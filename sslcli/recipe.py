@@ -90,8 +90,13 @@ class AugmentConfig:
     color_jitter: float = option(0.4, "colour jitter strength s (brightness, contrast, saturation 0.8s, hue 0.2s)", min=0)
     color_jitter_prob: float = option(0.8, "probability of colour jitter", min=0, max=1)
     grayscale: float = option(0.2, "probability of converting to grayscale", min=0, max=1)
-    blur: float = option(0.0, "probability of a Gaussian blur", min=0, max=1)
+    blur: Union[float, list[float]] = option(
+        0.0, "probability of a Gaussian blur; a pair [first, second] sets it per view of two-view methods "
+             "(BYOL's asymmetric views: [1.0, 0.1]); single-view methods use the first", min=0, max=1)
     blur_sigma: list[float] = option([0.1, 2.0], "Gaussian blur sigma range, in pixels at 224 px (scaled)")
+    solarize: Union[float, list[float]] = option(
+        0.0, "probability of solarising (inverting every value above one half); a pair [first, second] sets it "
+             "per view, as blur (BYOL: [0.0, 0.2])", min=0, max=1)
 
 
 @dataclass
@@ -189,7 +194,9 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
+        return f"a list of {plural.get(item) or _type_name(item)}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
             dict: "a mapping"}.get(
         tp, str(tp)
@@ -364,5 +371,10 @@ def _check_consistency(recipe: Recipe) -> None:
         pair = getattr(recipe.augment, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise UserError(f"recipe key 'augment.{key}' must be two positive numbers [low, high] with low <= high, got {pair}")
+    for key in ("blur", "solarize"):
+        value = getattr(recipe.augment, key)
+        if isinstance(value, list) and len(value) != 2:
+            raise UserError(f"recipe key 'augment.{key}' must be one probability or a pair [first view, second view], "
+                            f"got {value}")
     if recipe.augment.crop_scale[1] > 1:
         raise UserError(f"recipe key 'augment.crop_scale' must lie within (0, 1], got {recipe.augment.crop_scale}")

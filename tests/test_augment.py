@@ -57,3 +57,40 @@ def test_blur_smooths_only_when_applied():
     assert torch.allclose(A.gaussian_blur(x, g, 0.0, (1.0, 2.0)), x)
     blurred = A.gaussian_blur(x, g, 1.0, (20.0, 20.0))
     assert blurred.shape == x.shape and blurred.std() < x.std() * 0.8
+
+
+def test_solarize_inverts_only_values_above_one_half_and_only_when_drawn():
+    x = torch.tensor([0.1, 0.49, 0.5, 0.9]).view(1, 1, 1, 4).repeat(2, 3, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(A.solarize(x, g, 0.0), x)
+    assert torch.allclose(A.solarize(x, g, 1.0)[0, 0, 0], torch.tensor([0.1, 0.49, 0.5, 0.1]))
+    mixed = A.solarize(x.repeat(200, 1, 1, 1), torch.Generator().manual_seed(1), 0.2)
+    flipped = (mixed[:, 0, 0, 3] != 0.9).float().mean()
+    assert 0.1 < flipped < 0.3
+
+
+def test_per_view_probabilities():
+    from sslcli.recipe import AugmentConfig
+
+    assert A.per_view(0.3, 0) == A.per_view(0.3, 1) == 0.3
+    assert (A.per_view([1.0, 0.1], 0), A.per_view([1.0, 0.1], 1)) == (1.0, 0.1)
+    cfg = AugmentConfig(blur=[1.0, 0.1], solarize=[0.0, 0.2])
+    first, second = A.ViewAugment(cfg, 8, view=0), A.ViewAugment(cfg, 8, view=1)
+    assert (first.blur, first.solarize, second.blur, second.solarize) == (1.0, 0.0, 0.1, 0.2)
+
+
+def test_scalar_keys_draw_the_same_views_as_before():
+    """Solarisation at probability 0 draws nothing, so recipes without it keep their exact views
+    (and an older run resumes to the same weights)."""
+    from sslcli.recipe import AugmentConfig
+
+    x = (batch() * 255).to(torch.uint8)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = A.ViewAugment(AugmentConfig(blur=0.5), 8)(x, g1)
+    cfg = AugmentConfig(blur=0.5)
+    y = A.to_float(x)
+    y = A.random_resized_crop(y, 8, g2, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip)
+    y = A.color_jitter(y, g2, cfg.color_jitter, cfg.color_jitter_prob)
+    y = A.random_grayscale(y, g2, cfg.grayscale)
+    y = A.gaussian_blur(y, g2, 0.5, tuple(cfg.blur_sigma))
+    assert torch.equal(a, A.normalize(y)) and torch.equal(g1.get_state(), g2.get_state())

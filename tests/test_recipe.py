@@ -41,6 +41,9 @@ def test_float_from_yaml11_string_and_int():
     ({"method": {"name": "simclr"}, "optim": {"name": "sgdd"}}, ["optim.name", "'sgd'"]),
     ({"method": {"name": "simclr"}, "backbone": {"small_input": "yes"}}, ["backbone.small_input", "true or false or 'auto'"]),
     ({"method": {"name": "simclr"}, "augment": {"crop_scale": [0.9, 0.2]}}, ["augment.crop_scale", "low <= high"]),
+    ({"method": {"name": "simclr"}, "augment": {"solarize": [0.0, 0.2, 0.4]}}, ["augment.solarize", "a pair [first view"]),
+    ({"method": {"name": "simclr"}, "augment": {"blur": [1.0, 1.5]}}, ["augment.blur", "at most 1"]),
+    ({"method": {"name": "simclr"}, "augment": {"solarize": "often"}}, ["augment.solarize", "a number or a list of numbers"]),
     ({"method": {"name": "simclrr"}}, ["unknown method 'simclrr'", "did you mean 'simclr'"]),
     ({"optim": {}}, ["names no method"]),
 ])

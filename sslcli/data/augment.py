@@ -142,13 +142,33 @@ def gaussian_blur(x: torch.Tensor, gen: torch.Generator, p: float, sigma: tuple[
     return flat.view(n, ch, hgt, wid)
 
 
-class ViewAugment:
-    """The SimCLR family's view: crop, flip, colour jitter, grayscale, blur, normalisation,
-    configured by a recipe's `augment` section."""
+def solarize(x: torch.Tensor, gen: torch.Generator, p: float, threshold: float = 0.5) -> torch.Tensor:
+    """Invert every value at or above `threshold` (images in [0, 1]) in each sample with
+    probability `p` (the BYOL augmentation)."""
+    if p <= 0:
+        return x
+    apply = _bernoulli(x.shape[0], p, gen, x.device).view(-1, 1, 1, 1)
+    return torch.where(apply & (x >= threshold), 1 - x, x)
 
-    def __init__(self, cfg, out_size: int):
+
+def per_view(value, view: int) -> float:
+    """A probability that may be given per view: a number serves every view, a pair
+    [first, second] gives view 0 its first entry and every later view its second."""
+    if isinstance(value, (list, tuple)):
+        return float(value[min(view, len(value) - 1)])
+    return float(value)
+
+
+class ViewAugment:
+    """The SimCLR family's view: crop, flip, colour jitter, grayscale, blur, solarisation,
+    normalisation, configured by a recipe's `augment` section; `view` picks the entry of keys given
+    per view (0: the first view, 1: the second)."""
+
+    def __init__(self, cfg, out_size: int, view: int = 0):
         self.cfg = cfg
         self.out_size = out_size
+        self.blur = per_view(cfg.blur, view)
+        self.solarize = per_view(cfg.solarize, view)
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
@@ -156,7 +176,8 @@ class ViewAugment:
         x = random_resized_crop(x, self.out_size, gen, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip)
         x = color_jitter(x, gen, cfg.color_jitter, cfg.color_jitter_prob)
         x = random_grayscale(x, gen, cfg.grayscale)
-        x = gaussian_blur(x, gen, cfg.blur, tuple(cfg.blur_sigma))
+        x = gaussian_blur(x, gen, self.blur, tuple(cfg.blur_sigma))
+        x = solarize(x, gen, self.solarize)
         return normalize(x)
 
 

@@ -70,11 +70,12 @@ class JointEmbedding(Method):
 
     def __init__(self, cfg, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
+        self.augments = (ViewAugment(recipe.augment, self.crop_size, view=0),
+                         ViewAugment(recipe.augment, self.crop_size, view=1))
         self.embedding_dim: Optional[int] = None  # set by the plugin: the width the std is measured at
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
-        return torch.cat([self.augment(images, gen), self.augment(images, gen)])
+        return torch.cat([augment(images, gen) for augment in self.augments])
 
     def small_crop_augment(self) -> Optional[ViewAugment]:
         """The augmentation of the small crops of a `MultiCropConfig` method: the recipe's, at the

@@ -51,6 +51,7 @@ from ..data.augment import (
     color_jitter,
     gaussian_blur,
     normalize,
+    per_view,
     random_grayscale,
     random_resized_crop,
     to_float,
@@ -174,7 +175,7 @@ class RelativePosition(Method):
         x = random_resized_crop(to_float(images), self.crop_size, gen, tuple(a.crop_scale), tuple(a.crop_ratio), a.flip)
         x = color_jitter(x, gen, a.color_jitter, a.color_jitter_prob)
         x = random_grayscale(x, gen, a.grayscale)
-        return gaussian_blur(x, gen, a.blur, tuple(a.blur_sigma))
+        return gaussian_blur(x, gen, per_view(a.blur, 0), tuple(a.blur_sigma))
 
     def _patches(self, views: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(N * 9 network-ready patches, grid order within each image; (N, 9, 2) origins)."""

@@ -60,7 +60,8 @@ class SwAV(JointEmbedding):
 
     def __init__(self, cfg: SwAVConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.large = ViewAugment(replace(recipe.augment, crop_scale=list(cfg.large_crop_scale)), self.crop_size)
+        large = replace(recipe.augment, crop_scale=list(cfg.large_crop_scale))
+        self.large = tuple(ViewAugment(large, self.crop_size, view) for view in (0, 1))
         self.small = self.small_crop_augment()
         self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
@@ -70,7 +71,7 @@ class SwAV(JointEmbedding):
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, ...]:
-        large = torch.cat([self.large(images, gen), self.large(images, gen)])
+        large = torch.cat([augment(images, gen) for augment in self.large])
         if not self.cfg.small_crops:
             return (large,)
         return large, self.small_views(images, gen)
