@@ -11,7 +11,7 @@ from sslcli.engine import LARS, build_optimizer, epoch_order, lr_factor
 from sslcli.recipe import resolve_recipe
 from sslcli.registry import get_method
 
-from conftest import TINY
+from conftest import CHECKPOINT_AT_END, TINY
 
 
 def epoch_records(run: Path) -> list[dict]:
@@ -59,7 +59,7 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
 
 
 # 64 images seen 20 times with mild augmentation: enough steps (40) to show learning in seconds.
-LEARN = ["--epochs", "20", *TINY, "--set", "data.synthetic_train=64", "--set", "optim.lr=0.8",
+LEARN = ["--epochs", "20", *TINY, *CHECKPOINT_AT_END, "--set", "data.synthetic_train=64", "--set", "optim.lr=0.8",
          "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant",
          "--set", "augment.crop_scale=[0.9,1.0]", "--set", "augment.color_jitter=0", "--set", "augment.grayscale=0"]
 

@@ -6,7 +6,7 @@ from sslcli.methods.jigsaw import (
     _all_orders,
 )
 
-from conftest import TINY
+from conftest import CHECKPOINT_AT_END, TINY
 from test_engine import epoch_records
 
 
@@ -90,7 +90,7 @@ def test_bad_inputs():
 
 
 def test_jigsaw_pretrain_learns_and_refuses_small_views(cli, tmp_path):
-    fixed = ["--set", "data.synthetic_train=32", "--epochs", "30", "--set", "method.num_permutations=4",
+    fixed = ["--set", "data.synthetic_train=32", "--epochs", "30", *CHECKPOINT_AT_END, "--set", "method.num_permutations=4",
              "--set", "optim.lr=0.3", "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant",
              "--set", "augment.crop_scale=[1.0,1.0]", "--set", "augment.color_jitter=0", "--set", "augment.grayscale=0"]
     r = cli("pretrain", "--method", "jigsaw", *TINY, *fixed, "--set", "train.precision=fp32", "--out", tmp_path / "run")

@@ -13,7 +13,7 @@ from sslcli.methods.relative_position import (
     resolve_geometry,
 )
 
-from conftest import TINY
+from conftest import CHECKPOINT_AT_END, TINY
 
 
 def epoch_records(run) -> list[dict]:
@@ -108,12 +108,13 @@ def test_auto_geometry_values():
 
 # With the standard stem, patches of 9 to 16 px reach ResNet's last stride-2 convolution as 1x1
 # maps, where CPU bf16 autocast (torch 2.x, oneDNN) sometimes returns garbage weight gradients;
-# so the smoke run uses the small-input stem and the learning run fp32.
-SAFE_STEM = ["--set", "backbone.small_input=true"]
+# so the smoke and learning runs pin fp32 (what precision auto picks on the CPU anyway).
+FP32 = ["--set", "train.precision=fp32"]
 
 
 def test_cli_smoke_run(cli, tmp_path):
-    r = cli("pretrain", "--method", "relative-position", "--epochs", "2", *TINY, *SAFE_STEM, "--out", tmp_path / "run")
+    r = cli("pretrain", "--method", "relative-position", "--epochs", "2", *TINY, *FP32, "--set", "data.synthetic_train=64",
+            "--out", tmp_path / "run")
     assert r.code == 0, r.err
     records = epoch_records(tmp_path / "run")
     assert len(records) == 2 and all(0 <= rec["position_acc"] <= 1 for rec in records)
@@ -139,8 +140,8 @@ def test_short_run_learns_positions(cli, tmp_path):
     # 64 images seen 20 times (40 steps) with mild augmentation: accuracy climbs from chance
     # (0.125) to about 0.27 and the loss falls by about 0.25. The 8-px patches go in as they are:
     # this calibration predates the 32-px auto input, with which 40 steps are too few.
-    learn = ["--epochs", "20", *TINY, "--set", "method.patch_input=8", "--set", "data.synthetic_train=64", "--set", "optim.lr=0.8",
-             "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant", "--set", "train.precision=fp32",
+    learn = ["--epochs", "20", *TINY, *CHECKPOINT_AT_END, "--set", "method.patch_input=8", "--set", "data.synthetic_train=64",
+             "--set", "optim.lr=0.8", "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant", *FP32,
              "--set", "augment.crop_scale=[0.9,1.0]", "--set", "augment.color_jitter=0", "--set", "augment.grayscale=0"]
     r = cli("pretrain", "--method", "relative-position", "--out", tmp_path / "run", *learn)
     assert r.code == 0, r.err
