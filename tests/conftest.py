@@ -15,7 +15,7 @@ TINY = [
 ]
 
 # The learning checks run tens of one-step epochs: writing last.pt and the backbone after every
-# one of them took about a fifth of their time, so they checkpoint only at the end.
+# one of them took about 40% of their time, so they checkpoint only at the end.
 CHECKPOINT_AT_END = ["--set", "train.checkpoint_every=1000"]
 
 

@@ -86,8 +86,8 @@ def test_scalar_keys_draw_the_same_views_as_before():
 
     x = (batch() * 255).to(torch.uint8)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    a = A.ViewAugment(AugmentConfig(blur=0.5), 8)(x, g1)
     cfg = AugmentConfig(blur=0.5)
+    a = A.ViewAugment(cfg, 8)(x, g1)
     y = A.to_float(x)
     y = A.random_resized_crop(y, 8, g2, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip)
     y = A.color_jitter(y, g2, cfg.color_jitter, cfg.color_jitter_prob)

@@ -171,14 +171,18 @@ class ViewAugment:
         self.solarize = per_view(cfg.solarize, view)
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return normalize(self.unnormalised(images, gen))
+
+    def unnormalised(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The augmented view in [0, 1], before the ImageNet normalisation (for methods that cut
+        it up first)."""
         cfg = self.cfg
         x = to_float(images)
         x = random_resized_crop(x, self.out_size, gen, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip)
         x = color_jitter(x, gen, cfg.color_jitter, cfg.color_jitter_prob)
         x = random_grayscale(x, gen, cfg.grayscale)
         x = gaussian_blur(x, gen, self.blur, tuple(cfg.blur_sigma))
-        x = solarize(x, gen, self.solarize)
-        return normalize(x)
+        return solarize(x, gen, self.solarize)
 
 
 def eval_view(images: torch.Tensor) -> torch.Tensor:

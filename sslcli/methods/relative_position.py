@@ -32,7 +32,7 @@ the content:
   falloff, vignetting, sky above and ground below) do not give away its place in the grid.
 
 The view itself is the recipe's usual `augment` view (random resized crop to `augment.crop_size`,
-flip, colour jitter, grayscale, blur), cut into patches before normalisation. Patch geometry can
+flip, colour jitter, grayscale, blur, solarisation), cut into patches before normalisation. Patch geometry can
 be "auto": gap about 1/16 and jitter about 1/32 of the view side, and the patch what is left of
 the view after them, split in three (about 0.27 of the side: 8 px patches in a 32 px view,
 17 px in a 64 px view).
@@ -47,15 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.augment import (
-    color_jitter,
-    gaussian_blur,
-    normalize,
-    per_view,
-    random_grayscale,
-    random_resized_crop,
-    to_float,
-)
+from ..data.augment import ViewAugment, normalize, random_grayscale, to_float
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
@@ -148,6 +140,7 @@ class RelativePosition(Method):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
         self.patch, self.gap, self.jitter = resolve_geometry(cfg.patch, cfg.gap, cfg.jitter, self.crop_size)
         self.patch_input = patch_input_side(self.patch, cfg.patch_input)
+        self.augment = ViewAugment(recipe.augment, self.crop_size)
         self.head = nn.Sequential(
             nn.Linear(2 * feature_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
             nn.Linear(cfg.head_hidden_dim, len(NEIGHBOUR_OFFSETS)),
@@ -169,14 +162,6 @@ class RelativePosition(Method):
                 f"(gap {gap}, jitter {jitter}), but the views are {side} px; {fix} or raise "
                 f"{'data.image_size' if crop == 'auto' else 'augment.crop_size'}")
 
-    def _view(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The recipe's augmented view in [0, 1], not yet normalised."""
-        a = self.recipe.augment
-        x = random_resized_crop(to_float(images), self.crop_size, gen, tuple(a.crop_scale), tuple(a.crop_ratio), a.flip)
-        x = color_jitter(x, gen, a.color_jitter, a.color_jitter_prob)
-        x = random_grayscale(x, gen, a.grayscale)
-        return gaussian_blur(x, gen, per_view(a.blur, 0), tuple(a.blur_sigma))
-
     def _patches(self, views: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(N * 9 network-ready patches, grid order within each image; (N, 9, 2) origins)."""
         patches, origins = extract_patches(views, self.patch, self.gap, self.jitter, gen)
@@ -188,7 +173,7 @@ class RelativePosition(Method):
         return resize_patches(x, self.patch_input), origins
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, _ = self._patches(self._view(images, gen), gen)
+        x, _ = self._patches(self.augment.unnormalised(images, gen), gen)
         return x, pair_labels(images.shape[0], images.device)
 
     def visualize(self, images: torch.Tensor):
