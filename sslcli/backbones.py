@@ -61,12 +61,24 @@ def check_backbone_name(name: str) -> None:
         )
 
 
-def create_backbone(name: str, small_input=False, image_size: int = 224) -> tuple[nn.Module, BackboneInfo]:
-    """A randomly initialised timm model that maps images to pooled features (no classifier)."""
+def create_backbone(
+    name: str, small_input=False, image_size: int = 224, zero_init_last: bool = True
+) -> tuple[nn.Module, BackboneInfo]:
+    """A randomly initialised timm model that maps images to pooled features (no classifier).
+
+    `zero_init_last=False` starts residual blocks as torchvision does (last BatchNorm weight 1)."""
     import timm
 
     check_backbone_name(name)
-    model = timm.create_model(name, pretrained=False, num_classes=0)
+    extra = {} if zero_init_last else {"zero_init_last": False}
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, **extra)
+    except TypeError as exc:
+        if "zero_init_last" not in str(exc):
+            raise
+        raise UserError(
+            f"backbone.zero_init_last=false applies to ResNet-style timm models, not '{name}'; remove the setting"
+        ) from None
     small = resolve_small_input(small_input, image_size)
     if small:
         _apply_small_input_stem(model, name)

@@ -253,7 +253,7 @@ class Trainer:
     def build(self, ds: DataSource) -> tuple[Method, BackboneInfo]:
         r = self.recipe
         torch.manual_seed(r.train.seed)
-        backbone, info = create_backbone(r.backbone.name, r.backbone.small_input, ds.image_size)
+        backbone, info = create_backbone(r.backbone.name, r.backbone.small_input, ds.image_size, r.backbone.zero_init_last)
         if r.backbone.weights:
             load_weights_into(backbone, info, r.backbone.weights)
         info = replace(info, method=r.method.name)

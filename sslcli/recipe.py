@@ -59,6 +59,9 @@ class BackboneConfig:
         "3x3 stride-1 first conv and no max-pool; auto: on for inputs of 32 px and less",
     )
     weights: Union[str, None] = option(None, "start from these weights: a run folder or a backbone.safetensors file")
+    zero_init_last: bool = option(
+        True, "start each residual block's last BatchNorm at zero (timm's default); false: torchvision's initialisation"
+    )
 
 
 @dataclass

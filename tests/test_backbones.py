@@ -42,3 +42,13 @@ def test_random_models_are_reproducible():
     a, _ = load_model("random:resnet18", 32)
     b, _ = load_model("random:resnet18", 32)
     assert torch.equal(a.conv1.weight, b.conv1.weight)
+
+
+def test_zero_init_last_chooses_the_residual_branch_start():
+    """timm zeroes each residual block's last BatchNorm weight; torchvision's start keeps it at 1."""
+    timm_start, _ = create_backbone("resnet18", False, 64)
+    tv_start, _ = create_backbone("resnet18", False, 64, zero_init_last=False)
+    for block in (timm_start.layer1[0], timm_start.layer4[1]):
+        assert torch.count_nonzero(block.bn2.weight) == 0
+    for block in (tv_start.layer1[0], tv_start.layer4[1]):
+        assert torch.equal(block.bn2.weight, torch.ones_like(block.bn2.weight))

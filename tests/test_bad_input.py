@@ -128,6 +128,9 @@ CASES = [
      "tiles must be at least 8 px"),
     ("backbone that cannot take the images", [*P, *SYNTH, "--backbone", "vit_tiny_patch16_224"],
      "cannot train on 32-px images"),
+    ("torchvision initialisation of a backbone without residual blocks",
+     [*P, *SYNTH, "--backbone", "vit_tiny_patch16_224", "--set", "backbone.zero_init_last=false"],
+     "applies to ResNet-style timm models"),
     # names and recipes
     ("unknown method", [*P, "--method", "simclrr"], "did you mean 'simclr'"),
     ("unknown backbone", [*P, *SYNTH, "--backbone", "resnt18"], "did you mean 'resnet18'"),
