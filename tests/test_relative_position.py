@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 
@@ -13,12 +11,8 @@ from sslcli.methods.relative_position import (
     resolve_geometry,
 )
 
-from conftest import CHECKPOINT_AT_END, TINY
-
-
-def epoch_records(run) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "epoch_seconds" in r]
+from conftest import TINY
+from test_engine import LEARN, epoch_records
 
 
 def coordinate_images(n: int, side: int) -> torch.Tensor:
@@ -140,9 +134,7 @@ def test_short_run_learns_positions(cli, tmp_path):
     # 64 images seen 20 times (40 steps) with mild augmentation: accuracy climbs from chance
     # (0.125) to about 0.27 and the loss falls by about 0.25. The 8-px patches go in as they are:
     # this calibration predates the 32-px auto input, with which 40 steps are too few.
-    learn = ["--epochs", "20", *TINY, *CHECKPOINT_AT_END, "--set", "method.patch_input=8", "--set", "data.synthetic_train=64",
-             "--set", "optim.lr=0.8", "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant", *FP32,
-             "--set", "augment.crop_scale=[0.9,1.0]", "--set", "augment.color_jitter=0", "--set", "augment.grayscale=0"]
+    learn = [*LEARN, "--set", "method.patch_input=8", *FP32]
     r = cli("pretrain", "--method", "relative-position", "--out", tmp_path / "run", *learn)
     assert r.code == 0, r.err
     records = epoch_records(tmp_path / "run")
