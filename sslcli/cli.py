@@ -225,12 +225,15 @@ def pretrain(
 # ---------------------------------------------------------------- evaluation
 
 DEVICE_HELP = "auto, cpu or cuda."
+DATA_ROOT_HELP = "Folder holding the torchvision set named by --data (cifar10, cifar100, stl10). Default: the run's data.root."
+EVAL_DATA_HELP = DATA_HELP + " Default: the run's own data, else synthetic:shapes (stderr says which)."
 
 
 @command()
 def knn(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     k: str = typer.Option("20", "--k", help="Neighbours that vote; a list such as 10,20,50 sweeps in one feature pass."),
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="Vote weight exp(similarity / T)."),
     layer: str = typer.Option("last", "--layer", help="last (the pooled output) or a layer name such as layer3."),
@@ -242,13 +245,13 @@ def knn(
 
     [dim]Example: sslcli knn runs/a --data synthetic:shapes --json[/dim]
     """
-    from .evaluation.run import default_data, run_knn
+    from .evaluation.run import choose_data, run_knn
 
-    data = default_data(model, data)
-    result = run_knn(model, data, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device)
+    choice = choose_data(model, data, data_root)
+    result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device)
     if not as_json:
         rows = result.get("sweep", [result])
-        _table(f"kNN  {model} on {data}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
+        _table(f"kNN  {model} on {choice.source}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
                {"k": "k", "top1": "top-1", "top5": "top-5"}, rows)
     _emit(result, as_json)
 
@@ -256,7 +259,8 @@ def knn(
 @command()
 def probe(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     layers: str = typer.Option("last", "--layers", help="last, all, or names as timm reports them: stem,layer1,...,layer4."),
     epochs: int = typer.Option(100, "--epochs", min=1, help="Epochs of each linear classifier on the cached features."),
     lr: float = typer.Option(1e-3, "--lr", min=0, help="AdamW learning rate (features are standardised)."),
@@ -271,20 +275,20 @@ def probe(
 
     [dim]Example: sslcli probe runs/a --data synthetic:shapes --layers all --json[/dim]
     """
-    from .evaluation.run import default_data, run_probe
+    from .evaluation.run import choose_data, run_probe
 
-    data = default_data(model, data)
+    choice = choose_data(model, data, data_root)
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot '{plot}' must end in .png")
-    result = run_probe(model, data, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
+    result = run_probe(model, choice, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
                        batch_size=batch_size, device=device)
     if plot is not None:
         from .evaluation.plots import plot_probe
 
-        result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {data}"))
+        result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {choice.source}"))
     if not as_json:
         rows = result["layers"]
-        _table(f"linear probe  {model} on {data}  ({result['n_train']} train, {result['n_val']} val, "
+        _table(f"linear probe  {model} on {choice.source}  ({result['n_train']} train, {result['n_val']} val, "
                f"{result['seconds']:.0f} s)", {"layer": "layer", "dims": "dims", "top1": "top-1", "top5": "top-5"}, rows)
     _emit(result, as_json)
 
@@ -292,7 +296,8 @@ def probe(
 @command()
 def finetune(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     fraction: float = typer.Option(1.0, "--fraction", min=1e-6, max=1.0,
                                    help="Train on this class-balanced fraction of the labels (0.01, 0.1: semi-supervised)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (train.epochs)."),
@@ -309,12 +314,13 @@ def finetune(
 
     [dim]Example: sslcli finetune runs/a --data synthetic:shapes --fraction 0.1 --json[/dim]
     """
-    from .evaluation.run import default_data
+    from .evaluation.run import DataChoice, announce, choose_data, data_fields
     from .recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
 
     overrides = [parse_set(item) for item in set_]
     raw = read_yaml(find_recipe(recipe))
-    data = default_data(model, data)
+    set_data = [value for key, value in overrides if key == ["data", "source"]]
+    choice = DataChoice(str(set_data[-1]), None, "--data") if set_data and not data else choose_data(model, data, data_root)
     if model.startswith("random:"):
         model_keys = {("backbone", "name"): model[len("random:"):], ("backbone", "weights"): None}
         if not model_keys[("backbone", "name")]:
@@ -325,8 +331,9 @@ def finetune(
         _, info, weights = read_weights(model)
         model_keys = {("backbone", "name"): info.timm_name, ("backbone", "small_input"): info.small_input,
                       ("backbone", "weights"): str(weights), ("data", "image_size"): info.input_size}
-    shortcuts = {**model_keys, ("data", "source"): data, ("data", "fraction"): fraction, ("train", "epochs"): epochs,
-                 ("train", "batch_size"): batch_size, ("train", "device"): device}
+    shortcuts = {**model_keys, ("data", "source"): choice.source, ("data", "root"): choice.root,
+                 ("data", "fraction"): fraction, ("train", "epochs"): epochs, ("train", "batch_size"): batch_size,
+                 ("train", "device"): device}
     overrides = [(list(key), value) for key, value in shortcuts.items() if value is not None or key[1] == "weights"] + overrides
     from .registry import get_method
 
@@ -340,18 +347,19 @@ def finetune(
     console = _stderr()
     trainer = Trainer(resolved, out, console)
     trainer.prepare()
+    announce(choice, model)
     _create_out(out, force)
-    console.print(f"fine-tuning {model} on {data} (fraction {fraction:g}) -> {out}", soft_wrap=True)
+    console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
     trained = trainer.run()
     scores = classifier_accuracy(trainer.method, trainer.data.val, trainer.device)
-    result = {**scores, "model": model, "data": data, "fraction": fraction, "n_train": len(trainer.data.train),
+    result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
               "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
               "seconds": trained["seconds"]}
     from .files import atomic_write
 
     atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
     if not as_json:
-        _table(f"fine-tune  {model} on {data}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
+        _table(f"fine-tune  {model} on {choice.source}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
                                                  "top5": "val top-5"}, [result])
     _emit(result, as_json)
 
@@ -359,7 +367,8 @@ def finetune(
 @command("visualize-neighbours")
 def visualize_neighbours(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Default: the run's own data, else synthetic:shapes."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="The PNG file to write."),
     queries: int = typer.Option(8, "--queries", min=1, help="Random val images to query (by --seed)."),
     query: List[str] = typer.Option([], "--query", help="An image file to query instead (repeatable)."),
@@ -373,10 +382,10 @@ def visualize_neighbours(
 
     [dim]Example: sslcli visualize-neighbours runs/a --data synthetic:shapes --out grid.png[/dim]
     """
-    from .evaluation.run import default_data, run_neighbours
+    from .evaluation.run import choose_data, run_neighbours
 
-    data = default_data(model, data)
-    result = run_neighbours(model, data, out, queries=queries, k=k, query_files=query, seed=seed, device=device)
+    choice = choose_data(model, data, data_root)
+    result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device)
     if not as_json:
         _stderr().print(f"wrote {result['out']} ({result['queries']} queries x {k} neighbours; "
                         f"{result['same_class_fraction']:.0%} of neighbours share the query's class)")

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from .backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
 from .data.sources import Batch, DataSource, Split, balanced_fraction, load_batches, open_source
-from .errors import UserError
+from .device import autocast, autocast_dtype, peak_memory_mb, select_device
+from .errors import UserError, last_line, plugin_fault
 from .files import atomic_write, remove_stale_tmp
 from .methods.base import Method
 from .recipe import RESUMABLE_CHANGES, Recipe, resume_conflicts
@@ -38,46 +39,6 @@ class TrainingError(UserError):
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a resumable checkpoint was written. Exit code 130."""
-
-
-# ---------------------------------------------------------------- device and precision
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(precision: str, device: torch.device, training: bool = False) -> Optional[torch.dtype]:
-    """The autocast dtype for a precision setting, or None for full fp32.
-
-    `auto` trains in fp32 on the CPU: bf16 autocast gained at most 5% there (measured), and its
-    backward of a strided 3x3 convolution on a 1x1 map returns garbage weight gradients in about
-    one call in four (torch 2.15), which small tiles and patches reach. Inference uses bf16."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() and not training else None
-    if precision == "fp16" and device.type == "cpu":
-        raise UserError("train.precision fp16 needs a CUDA GPU; use bf16, fp32 or auto on the CPU")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -259,7 +220,13 @@ class Trainer:
         info = replace(info, method=r.method.name)
         method_cls = get_method(r.method.name)
         classes = len(ds.classes) if ds.classes else None
-        method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size, classes).to(self.device)
+        try:
+            method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size, classes)
+        except (UserError, MemoryError):
+            raise
+        except Exception as exc:
+            raise plugin_fault(r.method.name, "building its model", exc) from exc
+        method = method.to(self.device)
         if r.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         return method, info
@@ -276,7 +243,12 @@ class Trainer:
         check_backbone_name(self.recipe.backbone.name)
         ds = self.open_data()
         self.method, self.info = self.build(ds)
-        self.method.setup(ds.train)
+        try:
+            self.method.setup(ds.train)
+        except (UserError, MemoryError):
+            raise
+        except Exception as exc:
+            raise plugin_fault(self.recipe.method.name, "setup on the training data", exc) from exc
         self._dry_step(self.method, ds)
         self._check_space()
         if self.resume_state is not None:
@@ -298,13 +270,16 @@ class Trainer:
             with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(self.device, self.dtype):
                 method.eval()
                 method.training_step(method.make_views(images, gen, labels, **_indices(method, torch.arange(2))))
+        except UserError:
+            raise
         except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300].rstrip(".")
             r = self.recipe
             raise UserError(
                 f"method '{r.method.name}' with backbone '{r.backbone.name}' cannot train on {size}-px images "
-                f"({method.crop_size}-px views): {first}; change data.image_size, augment.crop_size or the backbone"
+                f"({method.crop_size}-px views): {last_line(exc)}; change data.image_size, augment.crop_size or the backbone"
             ) from exc
+        except Exception as exc:  # any other fault of a plugin must reach the user as one line too
+            raise plugin_fault(self.recipe.method.name, "its first training step", exc) from exc
         finally:
             method.train()
             with torch.no_grad():
@@ -608,16 +583,6 @@ class Trainer:
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this run: the CUDA allocator's high-water mark on a GPU, else the process's
-    peak resident set (which includes the Python and library footprint)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _indices(method: Method, indices: torch.Tensor) -> dict:

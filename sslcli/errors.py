@@ -14,3 +14,15 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean X?)' suffix for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def last_line(exc: BaseException) -> str:
+    """The last line of an exception's message (where Python and torch put the cause), at most 300 characters."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300].rstrip(".")
+
+
+def plugin_fault(name: str, during: str, exc: BaseException) -> UserError:
+    """A plugin's unexpected exception as one line naming the method (the traceback with --debug)."""
+    return UserError(f"method '{name}' failed in {during} ({type(exc).__name__}: {last_line(exc)}); this is a fault "
+                     f"of the method plugin or of its recipe keys: check method.* (see `sslcli methods`), or rerun "
+                     f"with --debug for the traceback")

@@ -90,3 +90,52 @@ def pretrain_run(out, *args: str):
         main(["pretrain", *map(str, args), "--out", str(out)])
     assert done.value.code == 0
     return out
+
+
+PATTERNS = ("hstripes", "vstripes", "checker", "dots", "rings")
+
+
+def write_patterns(root, n_train: int = 64, n_val: int = 24, size: int = 32, seed: int = 0):
+    """A labelled train/ and val/ folder of five texture classes (horizontal and vertical stripes,
+    checkers, dots, rings), each image in two random colours with a random period and phase plus
+    noise. Colour dominates a random network's features and says nothing of the class, so a
+    method that learns colour-invariant features lifts kNN well above its start within seconds."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(float)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for kind in PATTERNS:
+            folder = root / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                period, phase = rng.uniform(5, 9), rng.uniform(0, 9)
+                if kind == "hstripes":
+                    mask = (y + phase) % period < period / 2
+                elif kind == "vstripes":
+                    mask = (x + phase) % period < period / 2
+                elif kind == "checker":
+                    mask = ((x + phase) // (period / 2) + (y + phase) // (period / 2)) % 2 == 0
+                elif kind == "dots":
+                    mask = ((x + phase) % period - period / 2) ** 2 + ((y + phase) % period - period / 2) ** 2 \
+                        < (period / 3.2) ** 2
+                else:
+                    cy, cx = rng.uniform(size / 4, 3 * size / 4, 2)
+                    mask = (np.hypot(x - cx, y - cy) + phase) % period < period / 2
+                fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+                pixels = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (size, size, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def main_json(*args) -> dict:
+    """Run `sslcli ARGS... --json` in this process (for module fixtures) and return its JSON."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+    assert done.value.code == 0
+    return json.loads(out.getvalue())

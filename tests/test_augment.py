@@ -79,18 +79,39 @@ def test_per_view_probabilities():
     assert (first.blur, first.solarize, second.blur, second.solarize) == (1.0, 0.0, 0.1, 0.2)
 
 
-def test_scalar_keys_draw_the_same_views_as_before():
-    """Solarisation at probability 0 draws nothing, so recipes without it keep their exact views
-    (and an older run resumes to the same weights)."""
+def test_a_view_with_every_augmentation_off_is_the_image_normalised_by_hand():
     from sslcli.recipe import AugmentConfig
 
-    x = (batch() * 255).to(torch.uint8)
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    cfg = AugmentConfig(blur=0.5)
-    a = A.ViewAugment(cfg, 8)(x, g1)
-    y = A.to_float(x)
-    y = A.random_resized_crop(y, 8, g2, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip)
-    y = A.color_jitter(y, g2, cfg.color_jitter, cfg.color_jitter_prob)
-    y = A.random_grayscale(y, g2, cfg.grayscale)
-    y = A.gaussian_blur(y, g2, 0.5, tuple(cfg.blur_sigma))
-    assert torch.equal(a, A.normalize(y)) and torch.equal(g1.get_state(), g2.get_state())
+    cfg = AugmentConfig(crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0], flip=0.0, color_jitter=0.0, grayscale=0.0)
+    x = torch.tensor([[0, 51], [153, 204]], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 3, 2, 2).contiguous()
+    out = A.ViewAugment(cfg, 2)(x, torch.Generator().manual_seed(0))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as the paper families use
+    for c in range(3):
+        expected = torch.tensor([[0.0, 0.2], [0.6, 0.8]])
+        assert torch.allclose(out[0, c], (expected - mean[c]) / std[c], atol=1e-4)
+
+
+def test_a_quarter_area_crop_samples_half_the_width_at_half_pixel_steps():
+    """A crop of area 1/4 and aspect 1 spans half the image side, so on a ramp that rises 15 per
+    pixel the 16-px view rises 7.5 per pixel, wherever the crop lands, and rows stay constant."""
+    from sslcli.recipe import AugmentConfig
+
+    ramp = (torch.arange(16) * 15).to(torch.uint8)  # 0..225 across the columns
+    x = ramp.view(1, 1, 1, 16).expand(6, 3, 16, 16).contiguous()
+    cfg = AugmentConfig(crop_scale=[0.25, 0.25], crop_ratio=[1.0, 1.0], flip=0.0, color_jitter=0.0, grayscale=0.0)
+    out = A.ViewAugment(cfg, 16).unnormalised(x, torch.Generator().manual_seed(4))
+    steps = (out[:, 0, :, 2:14].diff(dim=-1) * 255)  # away from the edges, where reflection padding bends the ramp
+    assert torch.allclose(steps, torch.full_like(steps, 7.5), atol=1e-3)
+    assert torch.allclose(out[:, 0], out[:, 0, :1].expand_as(out[:, 0]), atol=1e-5)
+    starts = out[:, 0, 0, 0] * 255
+    assert len(set(starts.round().tolist())) > 1  # the crops land in different places
+
+
+def test_augmentations_at_probability_zero_draw_no_random_numbers():
+    """So a recipe that leaves blur and solarisation off keeps its exact views (and a run resumes
+    to the same weights) whatever those keys' defaults draw when on."""
+    x = batch()
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    assert torch.equal(A.solarize(x, g, 0.0), x) and torch.equal(A.gaussian_blur(x, g, 0.0, (0.1, 2.0)), x)
+    assert torch.equal(g.get_state(), state)

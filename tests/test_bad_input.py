@@ -189,10 +189,6 @@ def test_bad_input(cli, tmp_path, monkeypatch, finished_run, case, args, message
     assert snapshot(tmp_path) == before, "a refused command created or changed files"
 
 
-def test_the_matrix_is_at_least_25_cases():
-    assert len(CASES) >= 25
-
-
 def test_too_little_disk_space_is_refused_before_writing(cli, tmp_path, monkeypatch):
     from collections import namedtuple
 
@@ -224,3 +220,27 @@ def test_unreadable_data_folder(cli, tmp_path, monkeypatch):
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert f"data folder '{locked}' cannot be read (permission denied)" in r.err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fault", ["__init__", "setup", "make_views", "training_step"])
+def test_a_plugin_that_raises_is_refused_in_one_line_naming_it(cli, tmp_path, monkeypatch, fault):
+    """Whatever a plugin raises before training starts reaches the user as one line, not a traceback."""
+    from sslcli import registry
+    from sslcli.methods.rotation import Rotation
+
+    def broken(*args, **kwargs):
+        raise KeyError("no such thing")
+
+    class Broken(Rotation):
+        name = "broken"
+
+    setattr(Broken, fault, lambda self, *a, **k: broken())
+    monkeypatch.setitem(registry._METHODS, "broken", Broken)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    r = cli("pretrain", "--method", "broken", *TINY, "--out", tmp_path / "out")
+    assert r.code == 2, r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.err
+    assert lines[0].startswith("error: method 'broken' failed in") and "KeyError: 'no such thing'" in lines[0]
+    assert snapshot(tmp_path) == before

@@ -8,6 +8,7 @@ import torch
 from conftest import TINY
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom sslcli.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'sslcli --help imported torch'")
@@ -16,6 +17,7 @@ def test_help_does_not_import_torch():
     assert "pretrain" in done.stdout and "knn" in done.stdout
 
 
+@pytest.mark.slow
 def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "sslcli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("sslcli ")

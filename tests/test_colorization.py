@@ -262,6 +262,7 @@ def test_visualize_returns_three_tiles_per_image():
     assert make_method(image_size=64).eval().visualize(colour_images(10, 64)).size == (3 * 128 + 2 * gap, 8 * 128 + 7 * gap)
 
 
+@pytest.mark.slow
 def test_short_run_learns():
     # One fixed batch, no augmentation: the bin scores learn the batch's colours within a few steps.
     method = make_method(rebalance=0.0)
@@ -296,3 +297,16 @@ def test_cli_smoke_run_writes_visual(cli, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     final = [rec for rec in records if "epoch_seconds" in rec][-1]
     assert {"loss", "color_acc", "ab_error"} <= set(final)
+
+
+def test_setup_refuses_when_no_sampled_image_decodes(tmp_path):
+    from conftest import write_bad_images
+
+    from sslcli.data.sources import BadImages, Split
+    from sslcli.errors import UserError
+
+    files = list(write_bad_images(tmp_path).values())
+    split = Split(labels=torch.full((3,), -1), files=files, size=32, bad=BadImages("x", 3, 1.0))
+    method = make_method()
+    with pytest.raises(UserError, match="none of the 3 training images sampled for the colour prior could be decoded"):
+        method.setup(split)

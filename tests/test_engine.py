@@ -68,6 +68,7 @@ def mean_of(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / len(records)
 
 
+@pytest.mark.slow
 def test_simclr_short_run_learns(cli, tmp_path):
     r = cli("pretrain", "--method", "simclr", "--out", tmp_path / "run", *LEARN)
     assert r.code == 0, r.err
@@ -77,6 +78,7 @@ def test_simclr_short_run_learns(cli, tmp_path):
     assert mean_of(records[-3:], "pos_acc") > mean_of(records[:3], "pos_acc") + 0.05
 
 
+@pytest.mark.slow
 def test_rotation_short_run_learns(cli, tmp_path):
     # Rotation from scratch idles near chance for ~150 steps on varied crops (see the quick
     # recipe's metrics), so here one fixed batch of identical views is learned in 40 steps.
@@ -89,6 +91,7 @@ def test_rotation_short_run_learns(cli, tmp_path):
     assert mean_of(records[-3:], "loss") < mean_of(records[:3], "loss") - 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_epoch_then_resume_matches_straight_run(cli, tmp_path, monkeypatch, signum):
     from sslcli.methods.rotation import Rotation

@@ -141,3 +141,81 @@ def test_visualize_neighbours_cli(cli, tiny_run, tmp_path):
     assert w > 5 * 96 and h > 3 * 96
     bad = cli("visualize-neighbours", tiny_run, "--out", tmp_path / "grid.jpg")
     assert bad.code == 2 and "must end in .png" in bad.err
+
+
+def test_without_data_the_choice_is_said_on_stderr_and_in_the_json(cli, tiny_run, tmp_path):
+    import shutil
+
+    r = cli("knn", tiny_run, "--k", "10,5000,6000", "--json")
+    assert r.code == 0, r.err
+    out = r.json
+    assert (out["data"], out["data_chosen_by"]) == ("synthetic:shapes", "run")
+    assert f"judging on 'synthetic:shapes', the data '{tiny_run}' was trained on" in r.err
+    # a k above the 2,000 training images is capped, said once, and reported as used
+    assert [(row["k"], row.get("k_asked")) for row in out["sweep"]] == [(10, None), (2000, 5000), (2000, 6000)]
+    assert r.err.count("warning: --k 5000,6000 is more than the 2000 training images; using k=2000") == 1
+
+    r = cli("knn", tiny_run / "backbone.safetensors", "--json")  # a weights file in its run folder: the run's data
+    assert r.code == 0 and r.json["data_chosen_by"] == "run", r.err
+
+    away = tmp_path / "away"
+    away.mkdir()
+    for name in ("backbone.safetensors", "backbone.json"):
+        shutil.copy(tiny_run / name, away / name)
+    r = cli("probe", away / "backbone.safetensors", "--epochs", "1", "--json")
+    assert r.code == 0 and r.json["data_chosen_by"] == "default", r.err
+    assert "there is no recipe.yaml beside" in r.err and "judging on the default 'synthetic:shapes'" in r.err
+
+    shutil.copy(tiny_run / "backbone.json", tmp_path / "backbone.json")
+    (away / "recipe.yaml").write_text("data: [unclosed\n")
+    r = cli("knn", away, "--json")
+    assert r.code == 0 and r.json["data_chosen_by"] == "default", r.err
+    assert f"'{away / 'recipe.yaml'}' cannot be read" in r.err
+
+    r = cli("knn", tiny_run, "--data", "synthetic:shapes", "--json")  # asked for: nothing to say
+    assert r.json["data_chosen_by"] == "--data" and "note:" not in r.err
+
+
+class FakeCifar10:
+    """Stands for torchvision's CIFAR10 (nothing downloads in tests): records the root it was given."""
+
+    roots: list = []
+    missing = False
+    classes = ["a", "b"]
+
+    def __init__(self, root, train=True, download=True):
+        import numpy as np
+
+        FakeCifar10.roots.append(root)
+        if FakeCifar10.missing:
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        n = 40 if train else 20
+        self.data = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+        self.targets = [i % 2 for i in range(n)]
+
+
+def test_torchvision_sets_take_their_root_from_the_option_or_the_run(cli, tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCifar10)
+    monkeypatch.setattr(FakeCifar10, "roots", [])
+    r = cli("knn", "random:resnet18", "--data", "cifar10", "--data-root", tmp_path / "c10", "--k", "5", "--json")
+    assert r.code == 0, r.err
+    assert FakeCifar10.roots[-1] == str(tmp_path / "c10") and r.json["data_root"] == str(tmp_path / "c10")
+
+    run = tmp_path / "run"
+    r = cli("pretrain", "--method", "rotation", "--data", "cifar10", "--set", f"data.root={tmp_path / 'mine'}",
+            "--set", "backbone.small_input=false", "--epochs", "1", "--batch-size", "20", "--out", run)
+    assert r.code == 0, r.err
+    r = cli("knn", run, "--k", "5", "--json")  # no --data, no --data-root: the run's set, in the run's root
+    assert r.code == 0, r.err
+    assert FakeCifar10.roots[-1] == str(tmp_path / "mine") and r.json["data"] == "cifar10"
+
+    monkeypatch.setattr(FakeCifar10, "missing", True)
+    for command in (["knn", "random:resnet18"], ["probe", "random:resnet18"],
+                    ["visualize-neighbours", "random:resnet18", "--out", tmp_path / "n.png"]):
+        r = cli(*command, "--data", "cifar10")
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+        assert "pass --data-root FOLDER to name the folder" in r.err and "--set" not in r.err
+    r = cli("pretrain", "--method", "rotation", "--data", "cifar10", "--out", tmp_path / "p")
+    assert r.code == 2 and "pass --set data.root=FOLDER to name the folder" in r.err

@@ -185,6 +185,7 @@ def test_decoder_stages_beyond_the_backbone_are_refused():
         build(32, decoder_stages=9)
 
 
+@pytest.mark.slow
 def test_fixed_batch_is_learned(one_thread):
     # 16 fixed 16-px images, the centre hidden: 12 SGD steps cut the hidden-region error by half.
     method = build(16, augment={"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip": 0})

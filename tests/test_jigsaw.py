@@ -1,10 +1,8 @@
 import pytest
 import torch
 
-from sslcli.methods.jigsaw import (
-    TILES, cut_tiles, hamming_permutations, min_hamming_distance, normalise_tiles, shuffle_tiles, unshuffle_tiles,
-    _all_orders,
-)
+from sslcli.methods._permutations import TILES, _cache_path, all_orders, hamming_permutations, min_hamming_distance
+from sslcli.methods.jigsaw import cut_tiles, normalise_tiles, shuffle_tiles, unshuffle_tiles
 
 from conftest import CHECKPOINT_AT_END, TINY
 from test_engine import epoch_records
@@ -21,10 +19,50 @@ def test_permutation_set_size_distinct_far_apart_and_deterministic():
     assert all(sorted(p.tolist()) == list(range(TILES)) for p in perms)  # each row is a permutation
     assert len({tuple(p.tolist()) for p in perms}) == 100
     assert min_hamming_distance(perms) >= 6  # measured: 6; 100 random orders of 9! give 3
-    random_orders = _all_orders()[torch.randperm(362880, generator=torch.Generator().manual_seed(0))[:100]].long()
+    random_orders = all_orders()[torch.randperm(362880, generator=torch.Generator().manual_seed(0))[:100]].long()
     assert min_hamming_distance(random_orders) < min_hamming_distance(perms)
-    assert torch.equal(perms, hamming_permutations(100, seed=0, cache=False))  # cache holds the same set
     assert not torch.equal(perms, hamming_permutations(100, seed=1, cache=False))
+
+
+def test_the_cache_file_holds_the_set_with_its_key_and_is_what_a_second_call_returns(monkeypatch):
+    import sslcli.methods._permutations as P
+
+    perms = hamming_permutations(20, seed=3)
+    saved = torch.load(_cache_path(20, 3), weights_only=True)
+    assert (saved["algorithm"], saved["count"], saved["seed"]) == (P.PERMUTATION_ALGORITHM, 20, 3)
+    assert torch.equal(saved["perms"], perms)
+    # a second call reads the file: make the greedy search unusable, and the set still comes back
+    monkeypatch.setattr(torch, "minimum", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert torch.equal(hamming_permutations(20, seed=3), perms)
+
+
+@pytest.mark.parametrize("damage", ["wrong-set", "other-count", "other-algorithm", "bad-checksum", "not-a-set",
+                                    "garbage-bytes"])
+def test_a_cache_file_that_does_not_check_out_is_recomputed_with_a_warning(capsys, damage):
+    import sslcli.methods._permutations as P
+
+    truth = hamming_permutations(12, seed=0, cache=False)
+    path = _cache_path(12, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    other = hamming_permutations(12, seed=5, cache=False)
+    entry = {"algorithm": P.PERMUTATION_ALGORITHM, "count": 12, "seed": 0, "perms": other, "sha256": P._digest(other)}
+    if damage == "other-count":
+        entry = {**entry, "count": 13}
+    elif damage == "other-algorithm":
+        entry = {**entry, "algorithm": 0, "perms": truth, "sha256": P._digest(truth)}
+    elif damage == "bad-checksum":
+        entry = {**entry, "perms": truth, "sha256": "0" * 64}
+    elif damage == "not-a-set":
+        entry = truth  # the old format: a bare tensor, trusted when its shape matched
+    if damage == "garbage-bytes":
+        path.write_bytes(b"\x00not a torch file")
+    else:
+        torch.save(entry, path)
+    capsys.readouterr()
+    assert torch.equal(hamming_permutations(12, seed=0), truth)
+    err = capsys.readouterr().err
+    assert f"warning: jigsaw permutation cache '{path}' is not usable" in err and "recomputing it" in err
+    assert torch.equal(torch.load(path, weights_only=True)["perms"], truth)  # repaired on disk
 
 
 def test_greedy_choice_by_hand_for_a_small_set():
@@ -89,6 +127,7 @@ def test_bad_inputs():
         cut_tiles(torch.zeros(1, 3, 30, 30), 11, torch.Generator())
 
 
+@pytest.mark.slow
 def test_jigsaw_pretrain_learns_and_refuses_small_views(cli, tmp_path):
     fixed = ["--set", "data.synthetic_train=32", "--epochs", "30", *CHECKPOINT_AT_END, "--set", "method.num_permutations=4",
              "--set", "optim.lr=0.3", "--set", "optim.warmup_epochs=0", "--set", "optim.schedule=constant",

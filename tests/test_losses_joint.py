@@ -245,6 +245,7 @@ def _sinkhorn_rank(rank, world, init_file, scores, result_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sinkhorn_across_two_ranks_equals_one_big_batch(tmp_path):
     import torch.multiprocessing as mp
 

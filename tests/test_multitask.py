@@ -52,6 +52,7 @@ def test_alternation_follows_the_weights_and_backbone_is_stored_once():
         p.numel() for t in method.tasks.values() for n, p in t.named_parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["alternate", "mix"])
 def test_multitask_pretrain_logs_each_task(cli, tmp_path, mode):
     r = cli("pretrain", "--method", "multitask", *TINY, "--epochs", "2", "--set", f"method.mode={mode}", "--set", "train.precision=fp32",
@@ -62,3 +63,18 @@ def test_multitask_pretrain_logs_each_task(cli, tmp_path, mode):
         assert key in last, key
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["model"]["steps_per_task"].sum() == (6 if mode == "alternate" else 0)
+
+
+@pytest.mark.slow
+def test_a_pirl_task_gets_image_indices_and_trains(cli, tmp_path):
+    tasks = '[{name: rotation}, {name: pirl, negatives: 16}]'
+    r = cli("pretrain", "--method", "multitask", *TINY, "--epochs", "1", "--set", f"method.tasks={tasks}",
+            "--set", "method.mode=mix", "--set", "train.precision=fp32", "--out", tmp_path / "run")
+    assert r.code == 0, r.err
+    last = epoch_records(tmp_path / "run")[-1]
+    assert "pirl/loss" in last and "rotation/loss" in last
+    bank = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]["tasks.pirl.bank"]
+    assert bank.shape[0] == 96  # one entry per training image, as pirl alone keeps
+    from sslcli.methods.multitask import Multitask
+
+    assert Multitask.uses_indices is False  # the class default stays; each instance says what its tasks need

@@ -130,6 +130,7 @@ def mean_of(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / len(records)
 
 
+@pytest.mark.slow
 def test_short_run_learns_positions(cli, tmp_path):
     # 64 images seen 20 times (40 steps) with mild augmentation: accuracy climbs from chance
     # (0.125) to about 0.27 and the loss falls by about 0.25. The 8-px patches go in as they are:
@@ -150,3 +151,44 @@ def test_auto_patches_with_too_wide_gaps_are_refused(cli, tmp_path):
     message = " ".join(r.err.split())
     assert "at least 33 px for its 3x3 grid of patches (gap 14, jitter 1), but the views are 24 px" in message
     assert "lower method.gap or method.jitter or raise augment.crop_size" in message
+
+
+def test_each_pair_reaches_the_head_with_the_label_of_where_its_neighbour_sits():
+    """Coordinate images through the real patch cutter and pairing: a stand-in backbone reads each
+    patch's top-left coordinates, and a recording head sees the (anchor, neighbour) pairs. For every
+    pair, the label it is trained with must name the direction from anchor to neighbour."""
+    from sslcli.backbones import create_backbone
+    from sslcli.recipe import resolve_recipe
+    from sslcli.registry import get_method
+
+    raw = {"method": {"name": "relative-position", "patch": 5, "gap": 2, "jitter": 1}, "data": {"image_size": 26},
+           "backbone": {"name": "resnet18", "small_input": False}}
+    recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
+    backbone, info = create_backbone("resnet18", False, 26)
+    method = get_method("relative-position")(recipe.method, recipe, backbone, info.feature_dim, 26)
+
+    class Corner(torch.nn.Module):  # a patch's feature: its top-left (row, column), padded
+        def forward(self, x):
+            return torch.nn.functional.pad(x[:, :2, 0, 0], (0, info.feature_dim - 2))
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, pairs):
+            seen.append(pairs)
+            return torch.zeros(len(pairs), 8)
+
+    method.backbone = Corner()
+    method.head = Recorder()
+    images = coordinate_images(12, 26)
+    patches, _ = extract_patches(images, 5, 2, 1, torch.Generator().manual_seed(3))
+    method.logits(patches.flatten(0, 1))
+    pairs = seen[0]
+    labels = pair_labels(12)
+    assert pairs.shape == (96, 2 * info.feature_dim) and labels.shape == (96,)
+    anchor, neighbour = pairs[:, :2], pairs[:, info.feature_dim:info.feature_dim + 2]
+    step = neighbour - anchor  # in px: one grid step is patch + gap = 7 px, give or take two 1-px jitters
+    for pair in range(96):
+        expected = torch.tensor(NEIGHBOUR_OFFSETS[int(labels[pair])], dtype=torch.float) * 7
+        assert (step[pair] - expected).abs().max() <= 2, (pair, step[pair].tolist(), expected.tolist())
+    assert torch.equal(anchor.view(12, 8, 2)[:, 0], patches[:, ANCHOR, :2, 0, 0])  # each image's own centre patch

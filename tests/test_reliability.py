@@ -118,6 +118,7 @@ class _HalfWriter:
         return getattr(self.f, name)
 
 
+@pytest.mark.slow
 def test_full_disk_fails_cleanly_then_resumes_exactly(cli, tmp_path, monkeypatch, straight):
     import sslcli.files
 
@@ -148,6 +149,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_really_full_disk_keeps_the_last_checkpoint(cli, small_tmpfs, monkeypatch, straight):
     from sslcli.methods.simclr import SimCLR
 
@@ -180,6 +182,7 @@ class _Killed(BaseException):
     """Stands for a kill -9: nothing after it runs, not even the engine's cleanup."""
 
 
+@pytest.mark.slow
 def test_kill_between_checkpoint_and_backbone_then_resume_is_exact(cli, tmp_path, monkeypatch, straight):
     """A kill after the final last.pt is written but before backbone.safetensors is: --resume has
     no step left to train, and must still leave the backbone of the checkpoint it resumed."""
@@ -205,36 +208,58 @@ def test_kill_between_checkpoint_and_backbone_then_resume_is_exact(cli, tmp_path
     assert json.loads((run / "backbone.json").read_text())["epoch"] == 3
 
 
+def _checkpoint_position(run: Path):
+    """(epoch, global step) of the run's last.pt, or None before the first checkpoint."""
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return None
+    ckpt = torch.load(last, weights_only=True, map_location="cpu")
+    return ckpt["epoch"], ckpt["global_step"]
+
+
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     """Three kill -9s at random moments of one run (checkpoint writes included), each followed by
-    --resume; the weights end identical to an uninterrupted run's."""
+    --resume; every resume starts from the checkpoint the kill left (or from the beginning when
+    there was none), and the weights end identical to an uninterrupted run's."""
     cmd = [sys.executable, "-m", "sslcli", *RUN, "--epochs", "6", "--set", "train.log_every=1"]
     straight = json.loads(subprocess.run(cmd + ["--out", str(tmp_path / "straight"), "--json"], check=True,
                                          capture_output=True, text=True).stdout)
     training = straight["seconds"]
     seed = int(time.time())
     rng = random.Random(seed)
-    run, kills, resume = tmp_path / "killed", [], []
+    run, kills, resume, resumed_from = tmp_path / "killed", [], [], []
     while True:
         recipe = run / "recipe.yaml"
         before = recipe.stat().st_mtime_ns if recipe.exists() else None
+        position = _checkpoint_position(run) if resume else None
         proc = subprocess.Popen(cmd + ["--out", str(run), *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if len(kills) < 3:
             deadline = time.time() + 120  # each (re)start rewrites recipe.yaml as training begins
             while (recipe.stat().st_mtime_ns if recipe.exists() else None) == before and proc.poll() is None \
                     and time.time() < deadline:
                 time.sleep(0.005)
+            while len(kills) == 2 and _checkpoint_position(run) is None and proc.poll() is None \
+                    and time.time() < deadline:  # the last kill comes after a checkpoint, so one resume uses it
+                time.sleep(0.005)
             delay = rng.uniform(0, training / 2)
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             kills.append(round(delay, 3))
         _, err = proc.communicate()
+        err = err.decode()
+        if resume:
+            expected = ("starting from the beginning" if position is None
+                        else f"resuming from epoch {position[0]}, step {position[1]}")
+            assert expected in err, (seed, kills, position, err[-2000:])
+            resumed_from.append(position)
         if proc.returncode == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, (seed, kills, err.decode()[-2000:])
+        assert proc.returncode == -signal.SIGKILL, (seed, kills, err[-2000:])
         resume = ["--resume"]
     assert same_weights(tmp_path / "straight", run), f"seed {seed}, kills at {kills}"
     assert [r["epoch"] for r in epoch_records(run)] == list(range(1, 7)), f"seed {seed}, kills at {kills}"
+    assert len(resumed_from) == 3 and any(p is not None for p in resumed_from), (seed, kills, resumed_from)
 
 
 def test_resume_before_the_first_checkpoint_starts_over(cli, tmp_path, straight):

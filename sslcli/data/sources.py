@@ -319,7 +319,8 @@ def _synthetic_source(name: str, image_size: int | str, seed: int, n_train: int,
     return DataSource(name, splits["train"], splits["val"], list(synthetic.CLASSES), size)
 
 
-def _torchvision_source(name: str, root: Optional[str], image_size: int | str, purpose: str) -> DataSource:
+def _torchvision_source(name: str, root: Optional[str], image_size: int | str, purpose: str,
+                        root_hint: str) -> DataSource:
     import torchvision.datasets as tvd
 
     folder = Path(root or Path.home() / ".cache" / "sslcli" / "datasets" / name).expanduser()
@@ -340,7 +341,7 @@ def _torchvision_source(name: str, root: Optional[str], image_size: int | str, p
     except (OSError, RuntimeError) as exc:
         raise UserError(
             f"could not load or download '{name}' into '{folder}' ({str(exc).splitlines()[0][:120]}); "
-            f"put the torchvision '{name}' files there or pass --set data.root=FOLDER"
+            f"put the torchvision '{name}' files there or {root_hint} to name the folder that holds them"
         ) from None
     size = native if image_size == "auto" else int(image_size)
     splits = []
@@ -359,20 +360,22 @@ def open_source(
     seed: int = 0,
     root: Optional[str] = None,
     purpose: str = "pretrain",
+    root_hint: str = "pass --set data.root=FOLDER",
     synthetic_train: int = 2000,
     synthetic_val: int = 500,
     cache_max_gb: float = 4.0,
     max_bad_fraction: float = 0.01,
     warn: Callable[[str], None] = _warn,
 ) -> DataSource:
-    """Resolve `--data` into a DataSource; bad sources raise UserError naming the fix. Images
-    that cannot be decoded are skipped and recorded in `DataSource.bad`."""
+    """Resolve `--data` into a DataSource; bad sources raise UserError naming the fix (`root_hint`
+    says how this command names the folder of a torchvision set). Images that cannot be decoded
+    are skipped and recorded in `DataSource.bad`."""
     if source in SYNTHETIC_SOURCES:
         ds = _synthetic_source(source, image_size, seed, synthetic_train, synthetic_val)
     elif source.startswith("synthetic:"):
         raise UserError(f"unknown synthetic source '{source}'; available: {', '.join(SYNTHETIC_SOURCES)}")
     elif source.lower() in TORCHVISION_SOURCES:
-        ds = _torchvision_source(source.lower(), root, image_size, purpose)
+        ds = _torchvision_source(source.lower(), root, image_size, purpose, root_hint)
     else:
         path = Path(source).expanduser()
         if not path.exists():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..data.augment import eval_view
 from ..data.sources import Split, load_batches
-from ..engine import autocast, autocast_dtype
+from ..device import autocast, autocast_dtype
 from ..errors import UserError, did_you_mean
 
 MAX_LAYER_DIMS = 4096

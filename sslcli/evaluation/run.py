@@ -3,44 +3,102 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..backbones import BackboneInfo, load_model
-from ..data.sources import DataSource, Split, load_image, open_source
-from ..engine import select_device
+from ..data.sources import DataSource, Split, open_source, read_image
+from ..device import select_device
 from ..errors import UserError
 from .features import extract_features, select_layers
 from .knn import knn_predict, topk_accuracy
 
+DEFAULT_DATA = "synthetic:shapes"
+ROOT_HINT = "pass --data-root FOLDER"
 
-def _run_data_section(model_spec: str) -> dict:
-    """The `data` section of a run folder's recipe.yaml, or {} for other models."""
-    recipe = Path(model_spec) / "recipe.yaml"
-    if model_spec.startswith("random:") or not recipe.is_file():
-        return {}
+
+@dataclass(frozen=True)
+class DataChoice:
+    """The data an evaluation judges on, where its torchvision files live, and why it was chosen."""
+
+    source: str
+    root: str | None
+    chosen_by: str  # "--data", "run" (the run's own recipe) or "default"
+    why: str = ""  # for a fallback: why the run's data could not be used
+
+
+def _run_recipe(model_spec: str) -> Path | None:
+    """The recipe.yaml that goes with MODEL: inside a run folder, or beside a backbone.safetensors
+    file that still sits in its run folder; None for random: models."""
+    if model_spec.startswith("random:"):
+        return None
+    path = Path(model_spec)
+    return path / "recipe.yaml" if path.is_dir() else path.with_name("recipe.yaml")
+
+
+def _run_data_section(model_spec: str) -> tuple[dict, str]:
+    """The `data` section of MODEL's recipe.yaml, or ({}, why there is none)."""
+    recipe = _run_recipe(model_spec)
+    if recipe is None:
+        return {}, f"'{model_spec}' was trained on no data"
+    if not recipe.is_file():
+        return {}, f"there is no recipe.yaml beside '{model_spec}'"
     import yaml
 
     try:
         section = (yaml.safe_load(recipe.read_text()) or {}).get("data")
-    except (yaml.YAMLError, AttributeError):
-        return {}
-    return section if isinstance(section, dict) else {}
+    except (yaml.YAMLError, AttributeError, OSError):
+        return {}, f"'{recipe}' cannot be read"
+    if not isinstance(section, dict) or not isinstance(section.get("source"), str) or not section["source"]:
+        return {}, f"'{recipe}' names no data.source"
+    return section, ""
 
 
-def default_data(model_spec: str, data: str | None) -> str:
-    """`--data` as given, else the data a run folder was trained on, else synthetic:shapes."""
+def choose_data(model_spec: str, data: str | None, root: str | None = None) -> DataChoice:
+    """`--data` as given, else the data a run was trained on, else synthetic:shapes; `--data-root`
+    as given, else the run's own data.root."""
+    section, why = _run_data_section(model_spec)
+    run_root = section.get("root") if isinstance(section.get("root"), str) else None
+    root = root or run_root
     if data:
-        return data
-    source = _run_data_section(model_spec).get("source")
-    return source if isinstance(source, str) and source else "synthetic:shapes"
+        return DataChoice(data, root, "--data")
+    if section:
+        return DataChoice(section["source"], root, "run")
+    return DataChoice(DEFAULT_DATA, root, "default", why)
 
 
-def open_model_and_data(model_spec: str, data: str, purpose: str, need_labels: bool = True
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def announce(choice: DataChoice, model_spec: str) -> None:
+    """Say on stderr which data was chosen when --data was not given, and why."""
+    if choice.chosen_by == "run":
+        print(f"note: no --data given: judging on '{choice.source}', the data '{model_spec}' was trained on",
+              file=sys.stderr)
+    elif choice.chosen_by == "default":
+        print(f"note: no --data given and {choice.why}: judging on the default '{choice.source}'; "
+              f"pass --data to choose", file=sys.stderr)
+
+
+def _as_choice(data: DataChoice | str) -> DataChoice:
+    return data if isinstance(data, DataChoice) else DataChoice(data, None, "--data")
+
+
+def data_fields(choice: DataChoice) -> dict:
+    """What a --json result says about the data: the source, how it was chosen, the root."""
+    return {"data": choice.source, "data_chosen_by": choice.chosen_by,
+            **({"data_root": choice.root} if choice.root else {})}
+
+
+def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, need_labels: bool = True
                         ) -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
     """The model and data for an evaluation; images at the size the model was trained at."""
+    choice = _as_choice(data)
     size = "auto"
     if model_spec.startswith("random:"):  # refuse a bad name before the data is read
         from ..backbones import check_backbone_name
@@ -51,13 +109,14 @@ def open_model_and_data(model_spec: str, data: str, purpose: str, need_labels: b
     else:
         model, info = load_model(model_spec)
         size = info.input_size
-    bad = _run_data_section(model_spec).get("max_bad_fraction")  # a run's own tolerance for damaged images
-    ds = open_source(data, size, purpose="eval", **({"max_bad_fraction": float(bad)} if isinstance(bad, (int, float)) else {}))
+    bad = _run_data_section(model_spec)[0].get("max_bad_fraction")  # a run's own tolerance for damaged images
+    ds = open_source(choice.source, size, purpose="eval", root=choice.root, root_hint=ROOT_HINT,
+                     **({"max_bad_fraction": float(bad)} if isinstance(bad, (int, float)) else {}))
     if model_spec.startswith("random:"):
         model, info = load_model(model_spec, ds.image_size)
     if need_labels and not ds.labelled:
         raise UserError(
-            f"{purpose} needs labelled train and val splits, but '{data}' has "
+            f"{purpose} needs labelled train and val splits, but '{choice.source}' has "
             f"{'no labels' if not ds.train.labelled else 'no val split'}; use a folder of class subfolders "
             f"(optionally under train/ and val/)"
         )
@@ -74,30 +133,40 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
-def run_knn(model_spec: str, data: str, *, k: str | int = 20, temperature: float = 0.07, layer: str = "last",
-            batch_size: int = 256, device: str = "auto") -> dict:
-    """Weighted kNN from train to val; several k values share one feature pass."""
+def run_knn(model_spec: str, data: DataChoice | str, *, k: str | int = 20, temperature: float = 0.07,
+            layer: str = "last", batch_size: int = 256, device: str = "auto", warn=None) -> dict:
+    """Weighted kNN from train to val; several k values share one feature pass. A k larger than
+    the training split is capped at its size, with one warning, and reported as used."""
     started = time.time()
-    ks = parse_ks(str(k))
+    choice = _as_choice(data)
+    asked = parse_ks(str(k))
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, data, "knn")
+    model, info, ds = open_model_and_data(model_spec, choice, "knn")
     chosen = select_layers(model, layer)
     if len(chosen) != 1:
         raise UserError(f"--layer takes one layer, got '{layer}'; use `sslcli probe --layers` for several")
     layers = None if chosen[0] is None else chosen
+    announce(choice, model_spec)  # every refusal is behind us: a refused command prints one line
     train_f, train_y = _features(model, ds.train, dev, batch_size, layers)
     val_f, val_y = _features(model, ds.val, dev, batch_size, layers)
+    n_train = len(train_f)
+    capped = sorted({kk for kk in asked if kk > n_train})
+    if capped:
+        (warn or _warn)(f"--k {','.join(map(str, capped))} is more than the {n_train} training images; "
+                        f"using k={n_train} (every training image votes)")
     sweep = []
-    for kk in ks:
-        scores = knn_predict(train_f, train_y, val_f, len(ds.classes), k=kk, temperature=temperature)
+    for kk in asked:
+        used = min(kk, n_train)
+        scores = knn_predict(train_f, train_y, val_f, len(ds.classes), k=used, temperature=temperature)
         acc = topk_accuracy(scores, val_y, (1, 5))
-        sweep.append({"k": kk, "top1": round(acc[1], 6), "top5": round(acc[5], 6)})
+        sweep.append({"k": used, **({"k_asked": kk} if kk != used else {}), "top1": round(acc[1], 6),
+                      "top5": round(acc[5], 6)})
     result = {
-        **sweep[0], "temperature": temperature, "layer": layer, "n_train": len(ds.train), "n_val": len(ds.val),
-        "model": model_spec, "data": data, "backbone": info.timm_name, "feature_dim": int(train_f.shape[1]),
+        **sweep[0], "temperature": temperature, "layer": layer, "n_train": n_train, "n_val": len(val_f),
+        "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "feature_dim": int(train_f.shape[1]),
         "seconds": round(time.time() - started, 2),
     }
-    if len(ks) > 1:
+    if len(asked) > 1:
         result["sweep"] = sweep
     return result
 
@@ -109,15 +178,17 @@ def _features(model, split, device, batch_size, layers):
     return next(iter(feats.values())), labels
 
 
-def run_probe(model_spec: str, data: str, *, layers: str = "last", epochs: int = 100, lr: float = 1e-3,
+def run_probe(model_spec: str, data: DataChoice | str, *, layers: str = "last", epochs: int = 100, lr: float = 1e-3,
               weight_decay: float = 1e-4, batch_size: int = 256, device: str = "auto", seed: int = 0) -> dict:
     """Linear probes on frozen features of each chosen layer; features extracted once."""
     from .probe import train_linear_probe
 
     started = time.time()
+    choice = _as_choice(data)
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, data, "probe")
+    model, info, ds = open_model_and_data(model_spec, choice, "probe")
     chosen = select_layers(model, layers)
+    announce(choice, model_spec)
     train_f, train_y = extract_features(model, ds.train, dev, 256, normalize=False, layers=chosen)
     val_f, val_y = extract_features(model, ds.val, dev, 256, normalize=False, layers=chosen)
     extracted = time.time() - started
@@ -128,7 +199,7 @@ def run_probe(model_spec: str, data: str, *, layers: str = "last", epochs: int =
         rows.append({"layer": name, "dims": int(train_f[name].shape[1]),
                      **{k: round(v, 6) for k, v in acc.items()}})
     return {
-        "model": model_spec, "data": data, "backbone": info.timm_name, "layers": rows, "epochs": epochs, "lr": lr,
+        "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "layers": rows, "epochs": epochs, "lr": lr,
         "weight_decay": weight_decay, "n_train": len(ds.train), "n_val": len(ds.val),
         "extract_seconds": round(extracted, 2), "seconds": round(time.time() - started, 2),
     }
@@ -143,7 +214,7 @@ def classifier_accuracy(method, split, device: torch.device, batch_size: int = 2
     return {"top1": round(acc[1], 6), "top5": round(acc[5], 6)}
 
 
-def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k: int = 8,
+def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, queries: int = 8, k: int = 8,
                    query_files: list[str] | None = None, seed: int = 0, device: str = "auto", cell: int = 96) -> dict:
     """A PNG grid of each query's nearest training images; queries are random val images or files."""
     from .neighbours import draw_grid, neighbour_rows
@@ -152,21 +223,19 @@ def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k
         raise UserError(f"--out '{out}' must end in .png")
     if not out.parent.exists():
         raise UserError(f"--out folder '{out.parent}' does not exist; create it first")
+    choice = _as_choice(data)
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, data, "visualize-neighbours", need_labels=False)
-    kept: list[torch.Tensor] = []
-    train_f, _ = extract_features(model, ds.train, dev, kept=kept)
-    train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
-    if query_files:
+    model, info, ds = open_model_and_data(model_spec, choice, "visualize-neighbours", need_labels=False)
+    if query_files:  # read before the long feature pass, so a bad file is refused at once
         images, labels = [], []
         for name in query_files:
             path = Path(name)
             if not path.is_file():
                 raise UserError(f"--query '{name}' is not a file; give an image path")
-            try:
-                images.append(load_image(path, ds.image_size))
-            except OSError as exc:
-                raise UserError(f"--query '{name}' cannot be read as an image ({exc})") from None
+            image, reason = read_image(path, ds.image_size)
+            if image is None:
+                raise UserError(f"--query '{name}' cannot be read as an image ({reason})")
+            images.append(image)
             parent = path.parent.name
             labels.append(ds.classes.index(parent) if ds.classes and parent in ds.classes else -1)
         q_images, q_labels = torch.stack(images), torch.tensor(labels)
@@ -175,6 +244,10 @@ def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k
         pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
         q_images = torch.stack([pool[i][0] for i in pick.tolist()])
         q_labels = pool.labels[pick]
+    announce(choice, model_spec)
+    kept: list[torch.Tensor] = []
+    train_f, _ = extract_features(model, ds.train, dev, kept=kept)
+    train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
     q_f, _ = extract_features(model, Split(labels=q_labels, images=q_images, size=ds.image_size), dev)
     rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
@@ -182,5 +255,5 @@ def run_neighbours(model_spec: str, data: str, out: Path, *, queries: int = 8, k
     grid.save(tmp)
     os.replace(tmp, out)
     same = [tile.colour == (30, 160, 60) for row in rows for tile in row[1:]]
-    return {"out": str(out), "queries": len(rows), "k": k, "model": model_spec, "data": data,
+    return {"out": str(out), "queries": len(rows), "k": k, "model": model_spec, **data_fields(choice),
             "same_class_fraction": round(sum(same) / max(1, len(same)), 4), "size": list(grid.size)}

@@ -331,8 +331,10 @@ class Colorization(Method):
                                   antialias=True)
             _, bins, _ = self._lab_views(x, self.out_size)
             counts += torch.bincount(bins.flatten(), minlength=NUM_BINS).double()
-        if counts.sum() == 0:
-            return
+        if counts.sum() == 0:  # training on a uniform prior would silently switch rebalancing off
+            raise UserError(f"colorization: none of the {len(pick)} training images sampled for the colour prior "
+                            f"could be decoded, so class rebalancing has no prior; repair or replace the images of "
+                            f"'{self.recipe.data.source}'")
         prior = smooth_prior(counts / counts.sum(), sigma=5.0)
         if self.cfg.rebalance > 0:
             weights = rebalance_weights(prior, 1.0 - self.cfg.rebalance)

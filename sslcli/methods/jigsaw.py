@@ -13,11 +13,8 @@ functions for its transformed view.
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Union
 
 import torch
@@ -28,71 +25,13 @@ from ..data.augment import ViewAugment
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
+from ._permutations import TILES, hamming_permutations
 from .base import Method, StepOutput, patch_input_side, resize_patches, view_side
 
 GRID = 3
-TILES = GRID * GRID
 MIN_TILE = 8  # pixels: smaller tiles leave the backbone nothing to see
 TILE_FRACTION = 0.85  # tile side / cell side, as 64 of 75 px in the paper
 MIN_TILE_STD = 0.1  # in units of the normalised image, whose pixels have a std of about 1
-
-
-def _all_orders() -> torch.Tensor:
-    return torch.tensor(list(itertools.permutations(range(TILES))), dtype=torch.int8)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli")).expanduser() / "jigsaw"
-
-
-def hamming_permutations(count: int, seed: int = 0, cache: bool = True) -> torch.Tensor:
-    """`count` permutations of the nine tiles (count x 9, int64), chosen greedily from all 9!:
-    each next one is the order farthest from those already chosen: largest minimum Hamming
-    distance, ties broken by the largest total distance, then by a seeded random draw. The first
-    is a seeded random order. The same (count, seed) always gives the same set; it is cached on
-    disk because large sets take seconds."""
-    if not 2 <= count <= math.factorial(TILES):
-        raise ValueError(f"count must lie in [2, 9!], got {count}")
-    path = _cache_dir() / f"hamming-{count}-seed{seed}.pt"
-    if cache and path.is_file():
-        try:
-            saved = torch.load(path, weights_only=True)
-            if saved.shape == (count, TILES):
-                return saved
-        except Exception:  # a damaged cache file is simply rebuilt
-            pass
-    orders = _all_orders()
-    gen = torch.Generator().manual_seed(seed)
-    tie = torch.rand(len(orders), generator=gen, dtype=torch.float64)
-    min_dist = torch.full((len(orders),), TILES + 1, dtype=torch.int64)
-    total = torch.zeros(len(orders), dtype=torch.int64)
-    pick = int(torch.randint(len(orders), (1,), generator=gen))
-    chosen = []
-    for _ in range(count):
-        chosen.append(pick)
-        dist = (orders != orders[pick]).sum(1)
-        min_dist = torch.minimum(min_dist, dist)
-        total += dist
-        score = min_dist.double() * 1e9 + total.double() + tie  # lexicographic: min, then total, then tie
-        score[chosen] = -1.0
-        pick = int(score.argmax())
-    result = orders[chosen].long()
-    if cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            torch.save(result, tmp)
-            os.replace(tmp, path)
-        except OSError:  # a read-only home only costs the recomputation
-            pass
-    return result
-
-
-def min_hamming_distance(perms: torch.Tensor) -> int:
-    """The smallest Hamming distance between two rows of `perms`."""
-    dist = (perms[:, None, :] != perms[None, :, :]).sum(-1)
-    dist.fill_diagonal_(TILES + 1)
-    return int(dist.min())
 
 
 def tile_side(view: int, tile: int | str = "auto") -> int:

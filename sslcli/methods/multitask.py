@@ -87,6 +87,8 @@ class Multitask(Method):
             object.__setattr__(task, "backbone", backbone)
             self.tasks[cls.name] = task
             weights.append(weight)
+        # a task with a memory bank (pirl) needs each image's index, so the whole method asks for them
+        self.uses_indices = any(task.uses_indices for task in self.tasks.values())
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float64))
         self.register_buffer("steps_per_task", torch.zeros(len(weights), dtype=torch.long))
 
@@ -108,13 +110,17 @@ class Multitask(Method):
         behind = share * (done.sum() + 1) - done
         return int(behind.argmax())
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
+    def _task_views(self, name: str, images: torch.Tensor, gen: torch.Generator, indices):
+        task = self.tasks[name]
+        return task.make_views(images, gen, **({"indices": indices} if task.uses_indices else {}))
+
+    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None, indices=None):
         names = list(self.tasks)
         if self.cfg.mode == "mix":
-            return {name: self.tasks[name].make_views(images, gen) for name in names}
+            return {name: self._task_views(name, images, gen, indices) for name in names}
         index = self.next_task()
         self.steps_per_task[index] += 1
-        return {names[index]: self.tasks[names[index]].make_views(images, gen)}
+        return {names[index]: self._task_views(names[index], images, gen, indices)}
 
     def training_step(self, views) -> StepOutput:
         names = list(self.tasks)
@@ -130,6 +136,15 @@ class Multitask(Method):
     def on_step_end(self, progress: float) -> None:
         for task in self.tasks.values():
             task.on_step_end(progress)
+
+    def epoch_warning(self, record: dict[str, float]):
+        """Each task's own warning (a collapsing pirl, say), read from its prefixed metrics."""
+        for name, task in self.tasks.items():
+            own = {key[len(name) + 1:]: value for key, value in record.items() if key.startswith(f"{name}/")}
+            warning = task.epoch_warning(own) if own else None
+            if warning:
+                return f"{name}: {warning}"
+        return None
 
     def visualize(self, images: torch.Tensor):
         for task in self.tasks.values():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..data.augment import ViewAugment
 from ..losses import code_entropy, sinkhorn_knopp, swav_loss
-from ..recipe import MethodConfig, option
+from ..recipe import option
 from ..registry import register_method
 from ._joint import JointEmbedding, MultiCropConfig, check_scale
 from .base import StepOutput, projection_mlp
