@@ -18,7 +18,7 @@ import json
 import torch
 
 from sslcli.data.augment import eval_view
-from sslcli.data.sources import load_batches
+from sslcli.data.images import load_batches
 from sslcli.evaluation.features import extract_features, select_layers
 from sslcli.evaluation.probe import train_linear_probe
 from sslcli.evaluation.run import open_model_and_data

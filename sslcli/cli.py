@@ -27,7 +27,8 @@ app = typer.Typer(
 _state = {"debug": False}
 
 JSON_HELP = "Print exactly one JSON object on stdout; progress and tables go to stderr."
-DATA_HELP = "synthetic:shapes, an image folder (train/ and val/ of class folders, class folders, or flat), cifar10, cifar100, stl10."
+DATA_HELP = ("synthetic:shapes, synthetic:moving-shapes, an image or video folder (train/ and val/ of class folders, "
+             "class folders, or flat), cifar10, cifar100, stl10.")
 MODEL_HELP = "A run folder from `sslcli pretrain`, a backbone.safetensors file, or random:TIMM_NAME (the random-init floor)."
 
 
@@ -225,6 +226,7 @@ def pretrain(
 # ---------------------------------------------------------------- evaluation
 
 DEVICE_HELP = "auto, cpu or cuda."
+FRAMES_HELP = "Clips: evenly spaced frames whose features are averaged. Default: the run's data.eval_frames, else 8."
 DATA_ROOT_HELP = "Folder holding the torchvision set named by --data (cifar10, cifar100, stl10). Default: the run's data.root."
 EVAL_DATA_HELP = DATA_HELP + " Default: the run's own data, else synthetic:shapes (stderr says which)."
 
@@ -234,6 +236,7 @@ def knn(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
     k: str = typer.Option("20", "--k", help="Neighbours that vote; a list such as 10,20,50 sweeps in one feature pass."),
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="Vote weight exp(similarity / T)."),
     layer: str = typer.Option("last", "--layer", help="last (the pooled output) or a layer name such as layer3."),
@@ -248,7 +251,8 @@ def knn(
     from .evaluation.run import choose_data, run_knn
 
     choice = choose_data(model, data, data_root)
-    result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device)
+    result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device,
+                     frames=frames)
     if not as_json:
         rows = result.get("sweep", [result])
         _table(f"kNN  {model} on {choice.source}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
@@ -261,6 +265,7 @@ def probe(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
     layers: str = typer.Option("last", "--layers", help="last, all, or names as timm reports them: stem,layer1,...,layer4."),
     epochs: int = typer.Option(100, "--epochs", min=1, help="Epochs of each linear classifier on the cached features."),
     lr: float = typer.Option(1e-3, "--lr", min=0, help="AdamW learning rate (features are standardised)."),
@@ -281,7 +286,7 @@ def probe(
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot '{plot}' must end in .png")
     result = run_probe(model, choice, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, frames=frames)
     if plot is not None:
         from .evaluation.plots import plot_probe
 
@@ -351,7 +356,7 @@ def finetune(
     _create_out(out, force)
     console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
     trained = trainer.run()
-    scores = classifier_accuracy(trainer.method, trainer.data.val, trainer.device)
+    scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
     result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
               "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
               "seconds": trained["seconds"]}
@@ -369,6 +374,7 @@ def visualize_neighbours(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="The PNG file to write."),
     queries: int = typer.Option(8, "--queries", min=1, help="Random val images to query (by --seed)."),
     query: List[str] = typer.Option([], "--query", help="An image file to query instead (repeatable)."),
@@ -385,7 +391,8 @@ def visualize_neighbours(
     from .evaluation.run import choose_data, run_neighbours
 
     choice = choose_data(model, data, data_root)
-    result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device)
+    result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device,
+                            frames=frames)
     if not as_json:
         _stderr().print(f"wrote {result['out']} ({result['queries']} queries x {k} neighbours; "
                         f"{result['same_class_fraction']:.0%} of neighbours share the query's class)")

@@ -20,7 +20,8 @@ import torch.nn as nn
 from rich.console import Console
 
 from .backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
-from .data.sources import Batch, DataSource, Split, balanced_fraction, load_batches, open_source
+from .data.images import Batch, Split, balanced_fraction, load_batches
+from .data.sources import ClipSettings, DataSource, open_source
 from .device import autocast, autocast_dtype, peak_memory_mb, select_device
 from .errors import UserError, last_line, plugin_fault
 from .files import atomic_write, remove_stale_tmp
@@ -194,12 +195,15 @@ class Trainer:
 
     def open_data(self) -> DataSource:
         d = self.recipe.data
+        method_cls = get_method(self.recipe.method.name)
         ds = open_source(
             d.source, d.image_size, seed=self.recipe.train.seed, root=d.root, purpose="pretrain",
             synthetic_train=d.synthetic_train, synthetic_val=d.synthetic_val, cache_max_gb=d.cache_max_gb,
             max_bad_fraction=d.max_bad_fraction, warn=self._warn,
+            kind="video" if method_cls.data_kind == "video" and d.kind == "auto" else d.kind,
+            clips=ClipSettings(d.fps, d.clip_frames, d.max_clip_seconds, min_frames=d.clip_frames),
         )
-        get_method(self.recipe.method.name).check_data(ds, self.recipe)
+        method_cls.check_data(ds, self.recipe)
         if d.fraction < 1:
             if not ds.train.labelled:
                 raise UserError(f"data.fraction needs labels to balance classes, but '{d.source}' is unlabelled")
@@ -262,14 +266,15 @@ class Trainer:
         Buffers (queues, banks, norm statistics) and RNG states are left as they were."""
         size = ds.image_size
         gen = torch.Generator(device=self.device).manual_seed(0)
-        images = torch.randint(0, 256, (2, 3, size, size), generator=gen, device=self.device, dtype=torch.uint8)
+        shape = (2, self.recipe.data.clip_frames, 3, size, size) if ds.kind == "video" else (2, 3, size, size)
+        images = torch.randint(0, 256, shape, generator=gen, device=self.device, dtype=torch.uint8)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if method.uses_labels else None
         buffers = {name: b.clone() for name, b in method.named_buffers()}
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(self.device, self.dtype):
                 method.eval()
-                method.training_step(method.make_views(images, gen, labels, **_indices(method, torch.arange(2))))
+                method.training_step(method.batch_views(images, gen, labels, **_indices(method, torch.arange(2))))
         except UserError:
             raise
         except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
@@ -431,7 +436,8 @@ class Trainer:
                     count = 0
                     epoch_start, seen = time.time(), 0
                     first = start_step if epoch == start_epoch else 0
-                    batches = iterate_batches(ds.train, order, r.train.batch_size, first, workers)
+                    split = ds.train.for_epoch(r.train.seed, epoch)  # clips: this epoch's frame windows
+                    batches = iterate_batches(split, order, r.train.batch_size, first, workers)
                     for step, (images, labels, indices) in enumerate(batches, first):
                         if ds.bad is not None and len(ds.bad) != bad_seen:
                             bad_seen = len(ds.bad)
@@ -510,8 +516,8 @@ class Trainer:
 
     def _step(self, method: Method, images, labels, indices, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
         images = images.to(self.device, non_blocking=True)
-        views = method.make_views(images, gen, labels.to(self.device) if method.uses_labels else None,
-                                  **_indices(method, indices.to(self.device)))
+        views = method.batch_views(images, gen, labels.to(self.device) if method.uses_labels else None,
+                                   **_indices(method, indices.to(self.device)))
         if self.recipe.train.channels_last:
             views = _channels_last(views)
         with autocast(self.device, self.dtype):
@@ -527,8 +533,7 @@ class Trainer:
         split = ds.val if ds.val is not None and len(ds.val) else ds.train
         pick = torch.linspace(0, len(split) - 1, min(count, len(split))).long()
         try:
-            decoded = [split.read(i)[0] for i in pick.tolist()]
-            images = torch.stack([image for image in decoded if image is not None])
+            images = torch.stack([image for image in split.stills(pick.tolist()) if image is not None])
             method.eval()
             with torch.no_grad():
                 picture = method.visualize(images.to(self.device))
@@ -553,7 +558,7 @@ class Trainer:
         w = self.recipe.data.workers
         if w != "auto":
             return int(w)
-        return 0 if split.images is not None else min(4, max(1, (os.cpu_count() or 2) - 1))
+        return 0 if split.in_memory else min(4, max(1, (os.cpu_count() or 2) - 1))
 
     def _trim_metrics(self, global_step: int) -> None:
         """Drop records written after the checkpoint we resume from, so none appears twice."""

@@ -66,7 +66,10 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
-    source: str = option("synthetic:shapes", "synthetic:shapes, an image folder, cifar10, cifar100 or stl10")
+    source: str = option("synthetic:shapes", "synthetic:shapes, synthetic:moving-shapes, an image or video folder, "
+                                             "cifar10, cifar100 or stl10")
+    kind: Literal["auto", "images", "video"] = option(
+        "auto", "what a folder holds; auto: clips when it holds video files (video: folders of frames are clips too)")
     image_size: Union[int, Literal["auto"]] = option(
         "auto", "side of the square images the network sees; auto: the source's own size", min=8
     )
@@ -74,8 +77,15 @@ class DataConfig:
     workers: Union[int, Literal["auto"]] = option("auto", "data loading processes; auto: 0 when in memory", min=0)
     cache_max_gb: float = option(4.0, "decode the dataset once into memory when it takes less than this", min=0)
     fraction: float = option(1.0, "train on this class-balanced fraction of the training split (labelled data)", min=1e-6, max=1)
-    synthetic_train: int = option(2000, "synthetic sources: training images to generate", min=1)
-    synthetic_val: int = option(500, "synthetic sources: validation images to generate", min=1)
+    synthetic_train: Union[int, Literal["auto"]] = option(
+        "auto", "synthetic sources: training items to generate; auto: 2000 images or 400 clips", min=1)
+    synthetic_val: Union[int, Literal["auto"]] = option(
+        "auto", "synthetic sources: validation items to generate; auto: 500 images or 100 clips", min=1)
+    fps: float = option(8.0, "clips: frames per second decoded", min=0.1)
+    clip_frames: int = option(16, "clips: consecutive frames per training item (a window at a random start "
+                                  "each epoch); shorter clips are skipped", min=1)
+    max_clip_seconds: float = option(30.0, "clips: only the first this many seconds of a clip are used", min=0.1)
+    eval_frames: int = option(8, "clips: evenly spaced frames whose features are averaged in evaluation", min=1)
     max_bad_fraction: float = option(
         0.01, "undecodable images are skipped and listed in skipped.txt; more than this fraction stops the run",
         min=0, max=1,
@@ -97,6 +107,9 @@ class AugmentConfig:
         0.0, "probability of a Gaussian blur; a pair [first, second] sets it per view of two-view methods "
              "(BYOL's asymmetric views: [1.0, 0.1]); single-view methods use the first", min=0, max=1)
     blur_sigma: list[float] = option([0.1, 2.0], "Gaussian blur sigma range, in pixels at 224 px (scaled)")
+    time_window: float = option(
+        0.0, "clips, two-view methods: the second view comes from another frame of the clip at most this many "
+             "seconds from the first (time-contrastive views); 0: both views from one frame", min=0)
     solarize: Union[float, list[float]] = option(
         0.0, "probability of solarising (inverting every value above one half); a pair [first, second] sets it "
              "per view, as blur (BYOL: [0.0, 0.2])", min=0, max=1)
@@ -162,7 +175,7 @@ class Recipe:
 # Keys a resumed run may change: they extend the run or move it, never alter what it learns.
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.device", "train.checkpoint_every", "train.keep_every", "train.log_every",
-    "data.workers", "data.cache_max_gb", "data.root", "data.max_bad_fraction",
+    "data.workers", "data.cache_max_gb", "data.root", "data.max_bad_fraction", "data.eval_frames",
 })
 
 

@@ -198,24 +198,26 @@ def test_weighted_cross_entropy_of_a_soft_target_weighs_each_pixel_by_its_heavie
         weighted_cross_entropy(logits, soft[:, :, :2], weights)
 
 
-class FileSplit:
-    """A split read image by image (as for data too large to cache), one image undecodable."""
+def file_split(images, folder):
+    """A split read from files one by one (as for data too large to cache), image 3 undecodable."""
+    from PIL import Image
 
-    def __init__(self, images):
-        self.images_on_disk = images
-        self.images = None
+    from sslcli.data.damaged import BadImages
+    from sslcli.data.images import Split
 
-    def __len__(self):
-        return len(self.images_on_disk)
+    folder.mkdir()
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+        paths.append(path)
+    paths[3].write_bytes(b"not an image")
+    return Split(labels=torch.full((len(images),), -1), files=paths, size=images.shape[-1],
+                 bad=BadImages("test", len(images), 1.0))
 
-    def read(self, i):
-        if i == 3:
-            return None, -1, i, "corrupt"
-        return self.images_on_disk[i], -1, i, ""
 
-
-def test_setup_estimates_the_prior_from_training_images():
-    from sslcli.data.sources import Split
+def test_setup_estimates_the_prior_from_training_images(tmp_path):
+    from sslcli.data.images import Split
 
     images = colour_images(40, 32)
     method = make_method(prior_samples=20)
@@ -229,7 +231,7 @@ def test_setup_estimates_the_prior_from_training_images():
     again.setup(Split(labels=torch.full((40,), -1), images=images))
     assert torch.equal(again.prior, prior)
     from_files = make_method(prior_samples=20)
-    from_files.setup(FileSplit(images))
+    from_files.setup(file_split(images, tmp_path / "files"))
     assert from_files.prior.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert torch.allclose(from_files.prior, prior, atol=0.02)
     # both are buffers, so checkpoints carry them
@@ -302,7 +304,8 @@ def test_cli_smoke_run_writes_visual(cli, tmp_path):
 def test_setup_refuses_when_no_sampled_image_decodes(tmp_path):
     from conftest import write_bad_images
 
-    from sslcli.data.sources import BadImages, Split
+    from sslcli.data.damaged import BadImages
+    from sslcli.data.images import Split
     from sslcli.errors import UserError
 
     files = list(write_bad_images(tmp_path).values())

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from sslcli.data import synthetic
-from sslcli.data.sources import load_image, open_source
+from sslcli.data.images import load_image
+from sslcli.data.sources import open_source
 from sslcli.errors import UserError
 
 
@@ -117,5 +118,5 @@ def test_method_refuses_data_of_another_kind():
 
     recipe = resolve_recipe({"method": {"name": "rotation"}}, lambda name: Method.Config)
     images = open_source("synthetic:shapes", 16, synthetic_train=10, synthetic_val=10)
-    with pytest.raises(UserError, match="trains on video, but 'synthetic:shapes' holds images"):
+    with pytest.raises(UserError, match="trains on video clips, but 'synthetic:shapes' holds images"):
         ClipOrder.check_data(images, recipe)

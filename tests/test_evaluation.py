@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from sslcli.backbones import create_backbone
-from sslcli.data.sources import Split, balanced_fraction
+from sslcli.data.images import Split, balanced_fraction
 from sslcli.errors import UserError
 from sslcli.evaluation.features import MAX_LAYER_DIMS, extract_features, model_layers, pool_side, select_layers
 from sslcli.evaluation.neighbours import BLUE, BORDER, GAP, GREEN, RED, Tile, draw_grid

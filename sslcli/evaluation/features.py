@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import eval_view
-from ..data.sources import Split, load_batches
+from ..data.images import Split, load_batches
 from ..device import autocast, autocast_dtype
 from ..errors import UserError, did_you_mean
 
@@ -86,12 +86,13 @@ def extract_features(
     layers: list[Layer | None] | None = None,
     kept: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of every decodable image in `split`, in order, and its labels.
+    """Features of every decodable image (or clip) in `split`, in order, and its labels. A clip's
+    feature is the mean of its frames' features (the frames its split's plan names).
 
     Without `layers`: the pooled output (N x D float32 on CPU, L2-normalised by default).
     With `layers`: a dict from layer name ('last' for None) to N x D features, one forward pass.
-    Images that cannot be decoded are left out; pass a list as `kept` to receive the indices
-    of the images that were used."""
+    Items that cannot be decoded are left out; pass a list as `kept` to receive the indices
+    of the items that were used."""
     if isinstance(model, nn.Module):  # a plain callable (e.g. a classifier's forward) is used as given
         model.eval().to(device)
     dtype = autocast_dtype(precision, device)
@@ -99,13 +100,15 @@ def extract_features(
     indices = sorted({layer.index for layer in wanted if layer is not None})
     out: dict[str, list[torch.Tensor]] = {("last" if layer is None else layer.name): [] for layer in wanted}
     labels = []
-    chunks = [torch.arange(start, min(len(split), start + batch_size)) for start in range(0, len(split), batch_size)]
+    step = max(1, batch_size // (split.plan.count if split.kind == "video" else 1))  # clips: frames per batch
+    chunks = [torch.arange(start, min(len(split), start + step)) for start in range(0, len(split), step)]
     for images, batch_labels, idx in load_batches(split, chunks):
         if kept is not None:
             kept.append(idx)
         if not len(images):
             continue
-        x = eval_view(images.to(device)).contiguous(memory_format=torch.channels_last)
+        per_item = images.shape[1] if images.ndim == 5 else 1
+        x = eval_view(images.to(device).flatten(0, images.ndim - 4)).contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             if indices:
                 final, maps = model.forward_intermediates(x, indices=indices)
@@ -115,11 +118,11 @@ def extract_features(
                 final, by_index = model(x), {}
         for layer in wanted:
             if layer is None:
-                out["last"].append(final.float().flatten(1).cpu())
+                f = final.float().flatten(1)
             else:
                 fmap = by_index[layer.index].float()
-                side = pool_side(fmap.shape[1], fmap.shape[2])
-                out[layer.name].append(F.adaptive_avg_pool2d(fmap, side).flatten(1).cpu())
+                f = F.adaptive_avg_pool2d(fmap, pool_side(fmap.shape[1], fmap.shape[2])).flatten(1)
+            out["last" if layer is None else layer.name].append(f.view(-1, per_item, f.shape[1]).mean(1).cpu())
         labels.append(batch_labels)
     feats = {name: torch.cat(parts) for name, parts in out.items()}
     if normalize:

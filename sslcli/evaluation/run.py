@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..backbones import BackboneInfo, load_model
-from ..data.sources import DataSource, Split, open_source, read_image
+from ..data.images import Split, read_image
+from ..data.sources import ClipSettings, DataSource, open_source
 from ..device import select_device
 from ..errors import UserError
 from .features import extract_features, select_layers
@@ -95,9 +96,22 @@ def data_fields(choice: DataChoice) -> dict:
             **({"data_root": choice.root} if choice.root else {})}
 
 
-def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, need_labels: bool = True
-                        ) -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
-    """The model and data for an evaluation; images at the size the model was trained at."""
+def _clip_settings(section: dict, frames: int | None) -> tuple[ClipSettings, int, str]:
+    """How to read clips for evaluation: the run's fps, longest stretch and kind when it has
+    them; `frames` (else the run's data.eval_frames, else 8) evenly spaced frames per clip."""
+    def number(key: str, default: float) -> float:
+        value = section.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else default
+
+    kind = section.get("kind") if section.get("kind") in ("images", "video") else "auto"
+    frames = frames or int(number("eval_frames", 8))
+    return ClipSettings(fps=number("fps", 8.0), max_seconds=number("max_clip_seconds", 30.0)), frames, kind
+
+
+def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, need_labels: bool = True,
+                        frames: int | None = None) -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
+    """The model and data for an evaluation; images at the size the model was trained at, clips
+    as `frames` evenly spaced frames each."""
     choice = _as_choice(data)
     size = "auto"
     if model_spec.startswith("random:"):  # refuse a bad name before the data is read
@@ -109,9 +123,14 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
     else:
         model, info = load_model(model_spec)
         size = info.input_size
-    bad = _run_data_section(model_spec)[0].get("max_bad_fraction")  # a run's own tolerance for damaged images
-    ds = open_source(choice.source, size, purpose="eval", root=choice.root, root_hint=ROOT_HINT,
+    section = _run_data_section(model_spec)[0]
+    bad = section.get("max_bad_fraction")  # a run's own tolerance for damaged images
+    clips, frames, kind = _clip_settings(section, frames)
+    ds = open_source(choice.source, size, purpose="eval", root=choice.root, root_hint=ROOT_HINT, clips=clips,
+                     kind=kind if choice.chosen_by == "run" else "auto",
                      **({"max_bad_fraction": float(bad)} if isinstance(bad, (int, float)) else {}))
+    ds.train = ds.train.for_eval(frames)
+    ds.val = ds.val.for_eval(frames) if ds.val is not None else None
     if model_spec.startswith("random:"):
         model, info = load_model(model_spec, ds.image_size)
     if need_labels and not ds.labelled:
@@ -134,14 +153,15 @@ def parse_ks(text: str) -> list[int]:
 
 
 def run_knn(model_spec: str, data: DataChoice | str, *, k: str | int = 20, temperature: float = 0.07,
-            layer: str = "last", batch_size: int = 256, device: str = "auto", warn=None) -> dict:
+            layer: str = "last", batch_size: int = 256, device: str = "auto", frames: int | None = None,
+            warn=None) -> dict:
     """Weighted kNN from train to val; several k values share one feature pass. A k larger than
     the training split is capped at its size, with one warning, and reported as used."""
     started = time.time()
     choice = _as_choice(data)
     asked = parse_ks(str(k))
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, choice, "knn")
+    model, info, ds = open_model_and_data(model_spec, choice, "knn", frames=frames)
     chosen = select_layers(model, layer)
     if len(chosen) != 1:
         raise UserError(f"--layer takes one layer, got '{layer}'; use `sslcli probe --layers` for several")
@@ -179,14 +199,15 @@ def _features(model, split, device, batch_size, layers):
 
 
 def run_probe(model_spec: str, data: DataChoice | str, *, layers: str = "last", epochs: int = 100, lr: float = 1e-3,
-              weight_decay: float = 1e-4, batch_size: int = 256, device: str = "auto", seed: int = 0) -> dict:
+              weight_decay: float = 1e-4, batch_size: int = 256, device: str = "auto", seed: int = 0,
+              frames: int | None = None) -> dict:
     """Linear probes on frozen features of each chosen layer; features extracted once."""
     from .probe import train_linear_probe
 
     started = time.time()
     choice = _as_choice(data)
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, choice, "probe")
+    model, info, ds = open_model_and_data(model_spec, choice, "probe", frames=frames)
     chosen = select_layers(model, layers)
     announce(choice, model_spec)
     train_f, train_y = extract_features(model, ds.train, dev, 256, normalize=False, layers=chosen)
@@ -215,7 +236,8 @@ def classifier_accuracy(method, split, device: torch.device, batch_size: int = 2
 
 
 def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, queries: int = 8, k: int = 8,
-                   query_files: list[str] | None = None, seed: int = 0, device: str = "auto", cell: int = 96) -> dict:
+                   query_files: list[str] | None = None, seed: int = 0, device: str = "auto", cell: int = 96,
+                   frames: int | None = None) -> dict:
     """A PNG grid of each query's nearest training images; queries are random val images or files."""
     from .neighbours import draw_grid, neighbour_rows
 
@@ -225,7 +247,7 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
         raise UserError(f"--out folder '{out.parent}' does not exist; create it first")
     choice = _as_choice(data)
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, choice, "visualize-neighbours", need_labels=False)
+    model, info, ds = open_model_and_data(model_spec, choice, "visualize-neighbours", need_labels=False, frames=frames)
     if query_files:  # read before the long feature pass, so a bad file is refused at once
         images, labels = [], []
         for name in query_files:
@@ -242,13 +264,16 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
     else:
         pool = ds.val if ds.val is not None else ds.train
         pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
-        q_images = torch.stack([pool[i][0] for i in pick.tolist()])
-        q_labels = pool.labels[pick]
+        queried = pool.subset(pick)  # clips are judged on all their frames and shown by the middle one
+        q_images = torch.stack(queried.stills(list(range(len(queried)))))
+        q_labels = queried.labels
     announce(choice, model_spec)
     kept: list[torch.Tensor] = []
     train_f, _ = extract_features(model, ds.train, dev, kept=kept)
     train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
-    q_f, _ = extract_features(model, Split(labels=q_labels, images=q_images, size=ds.image_size), dev)
+    if query_files:
+        queried = Split(labels=q_labels, images=q_images, size=ds.image_size)
+    q_f, _ = extract_features(model, queried, dev)
     rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
     tmp = out.with_name(out.name + ".tmp.png")

@@ -66,7 +66,11 @@ def check_scale(name: str, scale: list[float]) -> None:
 
 class JointEmbedding(Method):
     """A method that learns by making embeddings of views of one image agree: two views of the
-    recipe's augmentation, and a warning when the embeddings collapse to a point."""
+    recipe's augmentation, and a warning when the embeddings collapse to a point. On clips with
+    `augment.time_window` > 0 the two views come from two frames of a clip at most that many
+    seconds apart (time-contrastive: frames close in time show the same thing)."""
+
+    two_views = True
 
     def __init__(self, cfg, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
@@ -74,8 +78,25 @@ class JointEmbedding(Method):
                          ViewAugment(recipe.augment, self.crop_size, view=1))
         self.embedding_dim: Optional[int] = None  # set by the plugin: the width the std is measured at
 
+    def take_frames(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One frame of each clip, or with a time window a pair of frames: (B, 2, 3, S, S)."""
+        reach = int(round(self.recipe.augment.time_window * self.recipe.data.fps))
+        if reach < 1:
+            return super().take_frames(clips, gen)
+        b, t = clips.shape[:2]
+        first = torch.randint(t, (b,), generator=gen, device=clips.device)
+        shift = torch.randint(-reach, reach + 1, (b,), generator=gen, device=clips.device)
+        second = (first + shift).clamp(0, t - 1)
+        rows = torch.arange(b, device=clips.device)
+        return torch.stack([clips[rows, first], clips[rows, second]], 1)
+
+    @staticmethod
+    def pair(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images each of the two views is made from: the same images, or a pair's frames."""
+        return (images[:, 0], images[:, 1]) if images.ndim == 5 else (images, images)
+
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
-        return torch.cat([augment(images, gen) for augment in self.augments])
+        return torch.cat([augment(frames, gen) for augment, frames in zip(self.augments, self.pair(images))])
 
     def small_crop_augment(self) -> Optional[ViewAugment]:
         """The augmentation of the small crops of a `MultiCropConfig` method: the recipe's, at the

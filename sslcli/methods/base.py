@@ -23,7 +23,8 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = MethodConfig
     description: ClassVar[str] = ""
-    data_kind: ClassVar[str] = "images"  # what it trains on: images (later: video, audio-video)
+    data_kind: ClassVar[str] = "images"  # images (clips are read as frames) or video (clips only)
+    two_views: ClassVar[bool] = False  # makes two views of an item (time-contrastive views may come from clips)
     uses_labels: ClassVar[bool] = False
     uses_indices: ClassVar[bool] = False  # make_views also gets each image's index in the training split
 
@@ -44,9 +45,14 @@ class Method(nn.Module):
         before anything is written; plugins with further needs (tile sizes, clip lengths)
         extend it."""
         kind = getattr(data, "kind", "images")
-        if kind != cls.data_kind:
-            raise UserError(f"method '{cls.name}' trains on {cls.data_kind}, but '{data.name}' holds {kind}; "
-                            f"see `sslcli methods` for what each method takes")
+        if cls.data_kind == "video" and kind != "video":
+            raise UserError(f"method '{cls.name}' trains on video clips, but '{data.name}' holds {kind}; give a folder "
+                            f"of video files (or of frame folders), or synthetic:moving-shapes")
+        window = recipe.augment.time_window
+        if window > 0 and (kind != "video" or not cls.two_views):
+            why = "images, not clips" if kind != "video" else f"'{cls.name}' makes no pair of views"
+            raise UserError(f"augment.time_window={window:g} takes the two views of a pair from frames of one clip, but "
+                            f"{why}; set augment.time_window=0")
         if cls.uses_labels and not data.labelled:
             raise UserError(f"method '{cls.name}' trains with labels, but '{data.name}' is unlabelled; "
                             f"use a folder of class subfolders")
@@ -61,6 +67,19 @@ class Method(nn.Module):
         as a PIL image written to the run folder as visual.png at the end of training; None for
         methods with nothing to show."""
         return None
+
+    def batch_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None,
+                    **extra: Any) -> Any:
+        """`make_views` of a batch as the data gives it: images, or clips (B, T, 3, S, S), of which
+        a method that trains on images sees frames (`take_frames`)."""
+        if images.ndim == 5 and self.data_kind != "video":
+            images = self.take_frames(images, gen)
+        return self.make_views(images, gen, labels, **extra)
+
+    def take_frames(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One frame of each clip, drawn at random: (B, 3, S, S)."""
+        pick = torch.randint(clips.shape[1], (clips.shape[0],), generator=gen, device=clips.device)
+        return clips[torch.arange(clips.shape[0], device=clips.device), pick]
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None) -> Any:
         """Turn a batch of uint8 images (on the training device) into this method's inputs.

@@ -46,7 +46,7 @@ class BYOL(JointEmbedding):
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
         large = super().make_views(images, gen)
-        return large if self.small is None else (large, self.small_views(images, gen))
+        return large if self.small is None else (large, self.small_views(self.pair(images)[0], gen))
 
     def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projector(self.backbone(x))

@@ -317,14 +317,10 @@ class Colorization(Method):
         counts = torch.zeros(NUM_BINS, dtype=torch.float64)
         for start in range(0, len(pick), 256):
             chunk = pick[start:start + 256]
-            if train.images is not None:
-                images = train.images[chunk]
-            else:
-                decoded = [train.read(i)[0] for i in chunk.tolist()]
-                decoded = [image for image in decoded if image is not None]
-                if not decoded:
-                    continue
-                images = torch.stack(decoded)
+            decoded = [image for image in train.stills(chunk.tolist()) if image is not None]
+            if not decoded:
+                continue
+            images = torch.stack(decoded)
             x = to_float(images)
             if x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
                 x = F.interpolate(x, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False,

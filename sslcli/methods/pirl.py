@@ -78,8 +78,9 @@ class PIRL(JointEmbedding):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None, indices=None):
-        image = self.augments[0](images, gen)
-        tiles = cut_tiles(self.augments[1](images, gen), self.tile, gen, channel_jitter=1)
+        first, second = self.pair(images)
+        image = self.augments[0](first, gen)
+        tiles = cut_tiles(self.augments[1](second, gen), self.tile, gen, channel_jitter=1)
         order = torch.argsort(torch.rand(tiles.shape[:2], generator=gen, device=tiles.device), dim=1)
         tiles = shuffle_tiles(tiles, order, torch.arange(len(order), device=order.device))
         tiles = normalise_tiles(tiles, gen, self.cfg.tile_grayscale)

@@ -71,10 +71,10 @@ class SwAV(JointEmbedding):
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
     def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, ...]:
-        large = torch.cat([augment(images, gen) for augment in self.large])
+        large = torch.cat([augment(frames, gen) for augment, frames in zip(self.large, self.pair(images))])
         if not self.cfg.small_crops:
             return (large,)
-        return large, self.small_views(images, gen)
+        return large, self.small_views(self.pair(images)[0], gen)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.backbone(x)).float(), dim=1)

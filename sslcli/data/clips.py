@@ -1,0 +1,231 @@
+"""Clips as uint8 tensors: a split of clips, each a run of frames at `data.fps` and
+`data.image_size`, in memory or decoded on demand, with the same interface as an image `Split`.
+
+Which frames a clip item holds is a `FramePlan`: in training a window of `data.clip_frames`
+consecutive frames at a start drawn from (seed, epoch, clip), so a resumed run sees the same
+frames; in evaluation `frames` evenly spaced over the whole clip. A batch of clips is a
+(B, T, 3, S, S) uint8 tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .damaged import BadImages
+from .images import Batch, load_image, read_image, square
+
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which `count` frames of a clip of `length` frames an item holds."""
+
+    count: int
+    mode: str = "window"  # "window": consecutive, seeded start; "spread": evenly spaced
+    seed: int = 0
+    epoch: int = 0
+
+    def positions(self, clip: int, length: int) -> list[int]:
+        if self.mode == "spread" or length <= self.count:
+            return [min(length - 1, int((i + 0.5) * length / self.count)) for i in range(self.count)]
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + clip)
+        start = int(torch.randint(length - self.count + 1, (1,), generator=gen))
+        return list(range(start, start + self.count))
+
+
+@dataclass
+class ClipSplit:
+    """One split of clips: frames in memory (`frames`, all clips end to end, with `offsets`) or
+    decoded on demand from `paths` (video files or frame folders). `lengths` counts each clip's
+    frames at `fps`; `audio` holds float32 mono soundtracks where the source has them."""
+
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    size: int
+    fps: float
+    plan: FramePlan
+    paths: Optional[list[Path]] = None
+    frames: Optional[torch.Tensor] = None
+    offsets: Optional[torch.Tensor] = None
+    audio: Optional[list[np.ndarray]] = None
+    audio_rate: int = 0
+    bad: Optional[BadImages] = field(default=None, repr=False)
+    kind = "video"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+    @property
+    def in_memory(self) -> bool:
+        return self.frames is not None
+
+    @property
+    def images(self):  # image splits hold pictures here; a clip split's are in `frames`
+        return None
+
+    def path(self, index: int) -> Path:
+        return self.paths[index] if self.paths is not None else Path(f"clip-{index}")
+
+    def for_epoch(self, seed: int, epoch: int) -> "ClipSplit":
+        return replace(self, plan=replace(self.plan, mode="window", seed=seed, epoch=epoch))
+
+    def for_eval(self, frames: int) -> "ClipSplit":
+        return replace(self, plan=FramePlan(frames, "spread"))
+
+    def _positions(self, index: int) -> list[int]:
+        return self.plan.positions(index, int(self.lengths[index]))
+
+    def take(self, idx: torch.Tensor) -> Batch:
+        rows = [int(self.offsets[i]) + p for i in idx.tolist() for p in self._positions(i)]
+        clips = self.frames[torch.tensor(rows, dtype=torch.long)].view(len(idx), self.plan.count, *self.frames.shape[1:])
+        return clips, self.labels[idx], idx
+
+    def read(self, index: int) -> tuple[Optional[torch.Tensor], int, int, str]:
+        """(T x 3 x S x S frames or None, label, index, why it failed): safe in DataLoader workers."""
+        if self.in_memory:
+            clips, _, _ = self.take(torch.tensor([index]))
+            return clips[0], int(self.labels[index]), index, ""
+        frames, reason = decode_clip(self.paths[index], self.size, self.fps, self._positions(index))
+        return frames, int(self.labels[index]), index, reason
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """The clip's middle frame and its label (what a picture of the clip shows)."""
+        return self.stills([index])[0], int(self.labels[index])
+
+    def stills(self, indices: list[int]) -> list[Optional[torch.Tensor]]:
+        """Each clip's middle frame."""
+        middle = replace(self, plan=FramePlan(1, "spread"))
+        return [None if (item := middle.read(i)[0]) is None else item[0] for i in indices]
+
+    def subset(self, indices: torch.Tensor) -> "ClipSplit":
+        pick = indices.tolist()
+        kept = dict(labels=self.labels[indices], lengths=self.lengths[indices],
+                    paths=None if self.paths is None else [self.paths[i] for i in pick],
+                    audio=None if self.audio is None else [self.audio[i] for i in pick])
+        if self.frames is None:
+            return replace(self, **kept)
+        rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i]) + int(self.lengths[i])) for i in pick]) \
+            if pick else torch.zeros(0, dtype=torch.long)
+        offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept["lengths"]]), 0)[:-1]
+        return replace(self, **kept, frames=self.frames[rows], offsets=offsets)
+
+    def cache(self, max_gb: float, workers: int = 0) -> "ClipSplit":
+        """Decode every clip once into memory when its frames fit within `max_gb`; clips that
+        cannot be decoded are left out and recorded in `bad`."""
+        if self.in_memory or int(self.lengths.sum()) * 3 * self.size**2 > max_gb * 1e9:
+            return self
+        threads = max(1, workers or os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(lambda i: decode_clip(self.paths[i], self.size, self.fps,
+                                                          list(range(int(self.lengths[i])))), range(len(self))))
+        keep = []
+        for i, (frames, reason) in enumerate(results):
+            if frames is None:
+                self.bad.add(self.paths[i], reason)
+            else:
+                keep.append(i)
+        if not keep:
+            raise UserError(f"none of the {len(self)} clips of '{self.paths[0].parent}' can be decoded "
+                            f"(first: '{self.paths[0]}': {results[0][1]}); give a folder of video files")
+        lengths = torch.tensor([len(results[i][0]) for i in keep], dtype=torch.long)
+        return replace(self, labels=self.labels[keep], lengths=lengths, paths=[self.paths[i] for i in keep],
+                       frames=torch.cat([results[i][0] for i in keep]),
+                       offsets=torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), lengths]), 0)[:-1],
+                       audio=None if self.audio is None else [self.audio[i] for i in keep])
+
+
+def decode_clip(path: Path, size: int, fps: float, positions: list[int]) -> tuple[Optional[torch.Tensor], str]:
+    """Frames `positions` (counted at `fps` from the clip's start) of a video file or frame folder,
+    each resized and centre-cropped to `size`: (len(positions), 3, S, S) uint8, or (None, why)."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+            frames = [load_image(files[min(p, len(files) - 1)], size) for p in positions]
+            return torch.stack(frames), ""
+        from .media import read_frames
+
+        arrays = read_frames(path, [p / fps for p in positions])
+        return torch.stack([square(a, size) for a in arrays]), ""
+    except UserError:
+        raise
+    except Exception as exc:  # PyAV and PIL raise many types for damaged files
+        return None, (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
+
+
+# ---------------------------------------------------------------- the index
+
+def _cache_file(root: Path) -> Path:
+    base = Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli")).expanduser()
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]
+    return base / "clips" / f"{key}.json"
+
+
+def _stamp(path: Path) -> list:
+    """What says a file is unchanged: its size and mtime (a frame folder: its newest file's)."""
+    if path.is_dir():
+        files = list(path.iterdir())
+        return [len(files), max((f.stat().st_mtime_ns for f in files), default=0)]
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _probe(path: Path, fps: float) -> dict:
+    """A clip's index entry: {'info': {...}} or {'error': why}."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+            image, reason = read_image(files[0], 8)
+            if image is None:
+                return {"error": reason}
+            return {"info": {"duration": len(files) / fps, "fps": fps, "frames": len(files), "audio_rate": 0}}
+        from .media import probe_clip
+
+        return {"info": probe_clip(path).to_dict()}
+    except UserError:
+        raise
+    except Exception as exc:  # damaged, empty or foreign files
+        return {"error": (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__}
+
+
+def index_clips(root: Path, paths: list[Path], fps: float, threads: int = 0) -> list[dict]:
+    """The index entry of every clip, read from sslcli's cache folder where the file's size and
+    mtime still match, probed otherwise; the cache is rewritten (never the user's folder)."""
+    cache_path = _cache_file(root)
+    try:
+        cached = json.loads(cache_path.read_text())
+        if cached.get("version") != INDEX_VERSION:
+            cached = {}
+    except (OSError, ValueError):
+        cached = {}
+    entries = cached.get("clips", {}) if isinstance(cached.get("clips"), dict) else {}
+    stamps = [_stamp(p) for p in paths]
+    todo = [i for i, p in enumerate(paths)
+            if (entries.get(str(p)) or {}).get("stamp") != stamps[i] or (p.is_dir() and "info" in entries.get(str(p), {})
+                                                                       and entries[str(p)]["info"]["fps"] != fps)]
+    if todo:
+        with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool:
+            for i, entry in zip(todo, pool.map(lambda i: _probe(paths[i], fps), todo)):
+                entries[str(paths[i])] = {"stamp": stamps[i], **entry}
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(cache_path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": INDEX_VERSION, "root": str(root), "clips": entries}))
+            os.replace(tmp, cache_path)
+        except OSError:  # a read-only home costs only the probing next time
+            pass
+    return [entries[str(p)] for p in paths]

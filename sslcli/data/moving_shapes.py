@@ -1,0 +1,114 @@
+"""`synthetic:moving-shapes`: clips of the ten shapes of `synthetic:shapes` moving on smooth
+random paths, generated procedurally, with a soundtrack.
+
+Each clip shows one shape (its class) over a textured background. The shape moves on a path
+that turns smoothly, turns and grows or shrinks a little as it goes, and holds still for
+stretches between moves, so frame order can be read from motion only part of the time. The
+sound depends on what is seen: each class hums at its own pitch and timbre, louder the faster
+the shape moves. Deterministic for a (seed, split) pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .synthetic import CLASSES, SHAPES, _grid, _luma, _random_colour, _rasterise, _texture
+
+NATIVE_SIZE = 64
+FPS = 8
+SECONDS = 4
+SAMPLE_RATE = 16000
+_SPLIT_OFFSET = {"train": 7_000_001, "val": 9_000_011}
+PITCHES = [220.0 * 2 ** (2 * k / len(CLASSES)) for k in range(len(CLASSES))]  # two octaves, one pitch a class
+
+
+def _segments(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """1 where the shape moves and 0 where it holds still, frame by frame: stretches of 4-12
+    moving frames and 3-8 still ones, alternating."""
+    moving = np.zeros(frames, dtype=np.float32)
+    t, on = 0, rng.random() < 0.7
+    while t < frames:
+        length = int(rng.integers(4, 13) if on else rng.integers(3, 9))
+        moving[t:t + length] = float(on)
+        t, on = t + length, not on
+    return moving
+
+
+def _path(rng: np.random.Generator, frames: int, extent: float) -> dict[str, np.ndarray]:
+    """Per-frame centre (x, y), tilt, scale factor and speed of one shape."""
+    moving = _segments(rng, frames)
+    speed = rng.uniform(0.07, 0.14)
+    heading = rng.uniform(0, 2 * np.pi)
+    turn = rng.uniform(-0.25, 0.25)
+    spin = rng.uniform(-0.1, 0.1)
+    grow = rng.uniform(-0.02, 0.02)
+    limit = 0.95 - extent
+    x, y = rng.uniform(-limit, limit, 2)
+    tilt, scale = rng.uniform(-0.2, 0.2), 1.0
+    out = {k: np.zeros(frames, dtype=np.float32) for k in ("x", "y", "tilt", "scale", "speed")}
+    for t in range(frames):
+        if moving[t]:
+            heading += turn + rng.normal(0, 0.15)
+            x, y = x + speed * np.cos(heading), y + speed * np.sin(heading)
+            if abs(x) > limit:  # bounce off the frame's edge
+                x, heading = np.sign(x) * (2 * limit - abs(x)), np.pi - heading
+            if abs(y) > limit:
+                y, heading = np.sign(y) * (2 * limit - abs(y)), -heading
+            tilt = float(np.clip(tilt + spin, -0.6, 0.6))
+            scale = float(np.clip(scale + grow, 0.8, 1.2))
+        out["x"][t], out["y"][t], out["tilt"][t], out["scale"][t] = x, y, tilt, scale
+        out["speed"][t] = speed * moving[t]
+    return out
+
+
+def _soundtrack(rng: np.random.Generator, label: int, speed: np.ndarray, fps: float, rate: int) -> np.ndarray:
+    """The class's tone (its pitch; odd classes with odd harmonics only, a hollower timbre),
+    loudness following the shape's speed frame by frame."""
+    n = int(round(len(speed) / fps * rate))
+    t = np.arange(n, dtype=np.float64) / rate
+    pitch = PITCHES[label] * rng.uniform(0.99, 1.01)
+    harmonics = [1, 3, 5] if label % 2 else [1, 2, 3]
+    phase = rng.uniform(0, 2 * np.pi)
+    tone = sum(np.sin(2 * np.pi * pitch * h * t + phase) / h for h in harmonics)
+    frame_times = (np.arange(len(speed)) + 0.5) / fps
+    loudness = 0.05 + 0.6 * np.interp(t, frame_times, speed / max(float(speed.max()), 1e-6))
+    noise = rng.normal(0, 0.01, n)
+    return (0.5 * loudness * tone / 1.8 + noise).astype(np.float32)
+
+
+def render_clip(rng: np.random.Generator, label: int, size: int = NATIVE_SIZE, fps: float = FPS,
+                seconds: float = SECONDS, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """One clip of class `label`: (T, H, W, 3) uint8 frames and its float32 mono soundtrack."""
+    frames = int(round(fps * seconds))
+    base = np.asarray(SHAPES[CLASSES[label]], dtype=np.float32)
+    size_factor = rng.uniform(0.3, 0.42)
+    aspect = rng.uniform(0.85, 1.15)
+    path = _path(rng, frames, size_factor * 1.25)
+    bg, fg = _random_colour(rng), _random_colour(rng)
+    while abs(_luma(fg) - _luma(bg)) < 0.25:
+        fg = _random_colour(rng)
+    grid = _grid(size)
+    background = bg * _texture(rng, size, grid)[..., None]
+    foreground = fg * _texture(rng, size, grid)[..., None]
+    video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        s = size_factor * path["scale"][t]
+        cos, sin = np.cos(path["tilt"][t]), np.sin(path["tilt"][t])
+        px, py = base[:, 0] * s * aspect, base[:, 1] * s / aspect
+        poly = np.stack([px * cos - py * sin + path["x"][t], px * sin + py * cos + path["y"][t]], axis=1)
+        mask = _rasterise(poly, size, 4)[..., None]
+        image = mask * foreground + (1 - mask) * background
+        image += rng.standard_normal(image.shape, dtype=np.float32) * 0.02
+        video[t] = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return video, _soundtrack(rng, label, path["speed"], fps, rate)
+
+
+def generate_clips(n: int, seed: int, split: str, size: int = NATIVE_SIZE, fps: float = FPS, seconds: float = SECONDS
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames N x T x H x W x 3 uint8, labels N int64, soundtracks N x samples float32), classes
+    balanced, deterministic by (seed, split)."""
+    rng = np.random.default_rng(seed + _SPLIT_OFFSET[split])
+    labels = np.arange(n) % len(CLASSES)
+    rng.shuffle(labels)
+    clips = [render_clip(rng, int(y), size, fps, seconds) for y in labels]
+    return np.stack([c[0] for c in clips]), labels.astype(np.int64), np.stack([c[1] for c in clips])
