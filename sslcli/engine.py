@@ -210,7 +210,8 @@ class Trainer:
             ds.train = balanced_fraction(ds.train, d.fraction, self.recipe.train.seed)
         if len(ds.train) < self.recipe.train.batch_size:
             raise UserError(
-                f"train.batch_size {self.recipe.train.batch_size} is larger than the {len(ds.train)} training images "
+                f"train.batch_size {self.recipe.train.batch_size} is larger than the {len(ds.train)} training "
+                f"{'clips' if ds.kind == 'video' else 'images'} "
                 f"of '{d.source}'; pass --batch-size {max(1, len(ds.train) // 2)} or less"
             )
         return ds
@@ -471,7 +472,7 @@ class Trainer:
                     elapsed = time.time() - epoch_start
                     record = {"epoch": epoch + 1, "step": global_step, **{k: v / counts[k] for k, v in sums.items()},
                               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(1e-9, elapsed),
-                              "epoch_seconds": elapsed}
+                              "epoch_seconds": elapsed, **self._epoch_metrics(method, ds)}
                     self._log(metrics_file, record)
                     history.append(record)
                     shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
@@ -507,6 +508,14 @@ class Trainer:
             "peak_memory_mb": peak_memory_mb(self.device),
             "final": history[-1] if history else None,
         }
+
+    def _epoch_metrics(self, method: Method, ds: DataSource) -> dict[str, float]:
+        method.eval()
+        try:
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                return method.epoch_metrics(ds.val)
+        finally:
+            method.train()
 
     def _write_skipped(self) -> None:
         """skipped.txt: one 'path<TAB>reason' line per image that could not be decoded."""

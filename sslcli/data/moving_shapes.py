@@ -23,12 +23,12 @@ PITCHES = [220.0 * 2 ** (2 * k / len(CLASSES)) for k in range(len(CLASSES))]  # 
 
 
 def _segments(rng: np.random.Generator, frames: int) -> np.ndarray:
-    """1 where the shape moves and 0 where it holds still, frame by frame: stretches of 4-12
+    """1 where the shape moves and 0 where it holds still, frame by frame: stretches of 6-16
     moving frames and 3-8 still ones, alternating."""
     moving = np.zeros(frames, dtype=np.float32)
     t, on = 0, rng.random() < 0.7
     while t < frames:
-        length = int(rng.integers(4, 13) if on else rng.integers(3, 9))
+        length = int(rng.integers(6, 17) if on else rng.integers(3, 9))
         moving[t:t + length] = float(on)
         t, on = t + length, not on
     return moving
@@ -37,11 +37,11 @@ def _segments(rng: np.random.Generator, frames: int) -> np.ndarray:
 def _path(rng: np.random.Generator, frames: int, extent: float) -> dict[str, np.ndarray]:
     """Per-frame centre (x, y), tilt, scale factor and speed of one shape."""
     moving = _segments(rng, frames)
-    speed = rng.uniform(0.07, 0.14)
+    speed = rng.uniform(0.1, 0.18)
     heading = rng.uniform(0, 2 * np.pi)
     turn = rng.uniform(-0.25, 0.25)
-    spin = rng.uniform(-0.1, 0.1)
-    grow = rng.uniform(-0.02, 0.02)
+    spin = rng.choice([-1, 1]) * rng.uniform(0.06, 0.15)  # radians a frame: the pose changes while it moves
+    grow = rng.choice([-1, 1]) * rng.uniform(0.01, 0.03)
     limit = 0.95 - extent
     x, y = rng.uniform(-limit, limit, 2)
     tilt, scale = rng.uniform(-0.2, 0.2), 1.0
@@ -54,8 +54,12 @@ def _path(rng: np.random.Generator, frames: int, extent: float) -> dict[str, np.
                 x, heading = np.sign(x) * (2 * limit - abs(x)), np.pi - heading
             if abs(y) > limit:
                 y, heading = np.sign(y) * (2 * limit - abs(y)), -heading
-            tilt = float(np.clip(tilt + spin, -0.6, 0.6))
-            scale = float(np.clip(scale + grow, 0.8, 1.2))
+            tilt += spin
+            if abs(tilt) > 1.2:  # turn back before the shape is upside down
+                tilt, spin = float(np.sign(tilt) * (2.4 - abs(tilt))), -spin
+            scale += grow
+            if not 0.55 <= scale <= 1.5:
+                scale, grow = float(np.clip(scale, 0.55, 1.5)), -grow
         out["x"][t], out["y"][t], out["tilt"][t], out["scale"][t] = x, y, tilt, scale
         out["speed"][t] = speed * moving[t]
     return out
@@ -90,6 +94,7 @@ def render_clip(rng: np.random.Generator, label: int, size: int = NATIVE_SIZE, f
     grid = _grid(size)
     background = bg * _texture(rng, size, grid)[..., None]
     foreground = fg * _texture(rng, size, grid)[..., None]
+    grain = rng.standard_normal((size, size, 3), dtype=np.float32) * 0.02  # fixed, so a still shape gives still frames
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
         s = size_factor * path["scale"][t]
@@ -97,8 +102,7 @@ def render_clip(rng: np.random.Generator, label: int, size: int = NATIVE_SIZE, f
         px, py = base[:, 0] * s * aspect, base[:, 1] * s / aspect
         poly = np.stack([px * cos - py * sin + path["x"][t], px * sin + py * cos + path["y"][t]], axis=1)
         mask = _rasterise(poly, size, 4)[..., None]
-        image = mask * foreground + (1 - mask) * background
-        image += rng.standard_normal(image.shape, dtype=np.float32) * 0.02
+        image = mask * foreground + (1 - mask) * background + grain
         video[t] = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     return video, _soundtrack(rng, label, path["speed"], fps, rate)
 

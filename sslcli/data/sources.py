@@ -72,11 +72,8 @@ def _moving_shapes_source(name: str, image_size: int | str, seed: int, n_train: 
     size = ms.NATIVE_SIZE if image_size == "auto" else int(image_size)
     splits = {}
     for split, n in (("train", n_train), ("val", n_val)):
-        frames, labels, audio = ms.generate_clips(n, seed, split, ms.NATIVE_SIZE, fps=clips.fps)
+        frames, labels, audio = ms.generate_clips(n, seed, split, size, fps=clips.fps)  # drawn at the size asked for
         video = torch.from_numpy(frames).flatten(0, 1).permute(0, 3, 1, 2).contiguous()
-        if size != ms.NATIVE_SIZE:
-            video = torch.nn.functional.interpolate(video.float(), size=(size, size), mode="bilinear", antialias=True)
-            video = video.round().clamp(0, 255).to(torch.uint8)
         lengths = torch.full((n,), frames.shape[1], dtype=torch.long)
         splits[split] = ClipSplit(labels=torch.from_numpy(labels), lengths=lengths, size=size, fps=clips.fps,
                                   plan=FramePlan(clips.clip_frames), frames=video, offsets=torch.arange(n) * frames.shape[1],

@@ -93,6 +93,11 @@ class Method(nn.Module):
     def on_step_end(self, progress: float) -> None:
         """Called after each optimiser step with the fraction of training done (momentum updates)."""
 
+    def epoch_metrics(self, val: Any) -> dict[str, float]:
+        """Metrics measured on the val split (or None) after each epoch, in eval mode and without
+        gradients, logged with the epoch's record; nothing by default."""
+        return {}
+
     def epoch_warning(self, record: dict[str, float]) -> Optional[str]:
         """A warning to show after an epoch whose averaged metrics are `record` (collapse), or None."""
         return None
