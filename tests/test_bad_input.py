@@ -38,6 +38,23 @@ def _broken_run(run: Path, part: str) -> Path:
     return run
 
 
+def _unreadable_clips(root: Path) -> Path:
+    root.mkdir()
+    (root / "a.mp4").write_text("not a video\n")
+    (root / "b.mp4").write_bytes(b"")
+    return root
+
+
+def _short_clips(root: Path) -> Path:
+    import numpy as np
+
+    from sslcli.data.media import write_clip
+
+    for name in ("a.mp4", "b.mp4"):
+        write_clip(root / name, np.zeros((8, 16, 16, 3), np.uint8), 8)  # 1 s: 8 frames at 8 fps, fewer than 16
+    return root
+
+
 def _recipe_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -75,6 +92,8 @@ class Workspace:
             "TYPO_SECTION": lambda: _recipe_file(r / "section.yaml", "method: {name: simclr}\ntrian: {epochs: 1}\n"),
             "BAD_YAML": lambda: _recipe_file(r / "broken.yaml", "method: {name: simclr\noptim: [\n"),
             "NOT_WRITABLE": lambda: Path("/proc/sslcli-test/run"),
+            "NOCLIPS": lambda: _unreadable_clips(r / "noclips"),
+            "SHORTCLIPS": lambda: _short_clips(r / "shortclips"),
         }
         return str(makers[name]())
 
@@ -118,6 +137,17 @@ CASES = [
     ("no image decodes", [*P, *SYNTH, "--data", "{ALLBAD}"], "can be decoded"),
     ("too many undecodable images", [*P, *SYNTH, "--data", "{SOMEBAD}"], "more than data.max_bad_fraction=0.01"),
     ("unknown synthetic source", [*P, *SYNTH, "--data", "synthetic:blobs"], "unknown synthetic source"),
+    # clips
+    ("video method on an image folder", [*P, "--method", "shuffle-and-learn", "--data", "{FLAT}"],
+     "holds images, not clips"),
+    ("clip folder with no readable clip", [*P, *SYNTH, "--data", "{NOCLIPS}"], "clips of"),
+    ("clips all shorter than an item", [*P, *SYNTH, "--data", "{SHORTCLIPS}"], "too short: 1.00 s gives 8 frames"),
+    ("time-contrastive views of images", [*P, *SYNTH, "--set", "augment.time_window=1"], "set augment.time_window=0"),
+    ("time-contrastive views for a one-view method", [*P, "--method", "rotation", "--data", "synthetic:moving-shapes",
+                                                      "--set", "data.synthetic_train=40", "--set", "augment.time_window=1"],
+     "'rotation' makes no pair of views"),
+    ("kNN on an unlabelled folder of clips", ["knn", "random:resnet18", "--data", "{SHORTCLIPS}"],
+     "knn needs labelled train and val splits"),
     ("knn on unlabelled data", ["knn", "random:resnet18", "--data", "{FLAT}"], "needs labelled"),
     ("probe on unlabelled data", ["probe", "random:resnet18", "--data", "{FLAT}"], "needs labelled"),
     ("finetune on unlabelled data", ["finetune", "random:resnet18", "--data", "{FLAT}", "--out", "{OUT}"],
@@ -243,4 +273,22 @@ def test_a_plugin_that_raises_is_refused_in_one_line_naming_it(cli, tmp_path, mo
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.err
     assert lines[0].startswith("error: method 'broken' failed in") and "KeyError: 'no such thing'" in lines[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_video_without_pyav_is_refused_naming_the_extra(cli, tmp_path, monkeypatch):
+    import sys
+
+    folder = _short_clips(tmp_path / "clips")
+    monkeypatch.setitem(sys.modules, "av", None)  # as if the video extra were not installed
+    monkeypatch.setenv("SSLCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    for args in (["pretrain", "--method", "shuffle-and-learn", "--data", folder, "--out", tmp_path / "out"],
+                 ["knn", "random:resnet18", "--data", folder],
+                 ["write-clips", "synthetic:moving-shapes", "--out", tmp_path / "written"]):
+        r = cli(*args)
+        lines = r.err.strip().splitlines()
+        assert r.code == 2 and len(lines) == 1 and "Traceback" not in r.err, r.err
+        assert "pip install 'sslcli[video]'" in lines[0], lines[0]
     assert snapshot(tmp_path) == before

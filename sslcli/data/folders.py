@@ -107,4 +107,7 @@ def read_layout(root: Path, kind: str, seed: int) -> Layout:
                       [labels[i] for i in out], classes)
     if flat:
         return Layout(flat, [-1] * len(flat), [], [], None)
+    if kind == "video" and any(is_image(p) for p in itertools.islice(root.rglob("*"), KIND_SCAN)):
+        raise UserError(f"data folder '{root}' holds images, not clips; give video files (.mp4, .webm, ...) or "
+                        f"folders of frames, or a method that trains on images")
     raise UserError(f"data folder '{root}' holds no {noun}; expected {noun}, class subfolders, or train/ and val/")

@@ -163,6 +163,7 @@ def write_clip(path: Path, frames: np.ndarray, fps: float, audio: Optional[np.nd
         raise ValueError(f"write_clip expects (T, H, W, 3) uint8 frames, got shape {frames.shape}")
     webm = path.suffix.lower() == ".webm"
     rate = Fraction(fps).limit_denominator(1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libvpx" if webm else codec, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]

@@ -140,20 +140,23 @@ def _image_folder(root: Path, image_size: int | str, seed: int) -> DataSource:
 
 def _clip_folder(root: Path, image_size: int | str, seed: int, clips: ClipSettings, bad: BadImages) -> DataSource:
     """Clips of a folder, indexed (cached by path, size and mtime); damaged clips are recorded in
-    `bad`, clips shorter than `clips.min_frames` skipped with their length."""
+    `bad`, clips shorter than `clips.min_frames` skipped with their length. Nothing is said on
+    stderr until the clips are known to be usable, so a refusal is one line."""
     layout = read_layout(root, "video", seed)
-    splits, size = [], None
+    bad.total = len(layout.train) + len(layout.val)
+    splits, size, failures = [], None, []
     for items, labels in ((layout.train, layout.train_labels), (layout.val, layout.val_labels)):
         keep, lengths = [], []
         for i, entry in enumerate(index_clips(root, items, clips.fps)):
             if "error" in entry:
-                bad.add(items[i], entry["error"])
+                failures.append((items[i], entry["error"], True))
                 continue
             info = entry["info"]
             frames = min(int(math.floor(info["duration"] * clips.fps + 1e-6)), int(clips.max_seconds * clips.fps))
             if frames < clips.min_frames:
-                bad.skip(items[i], f"too short: {info['duration']:.2f} s gives {frames} frames at data.fps={clips.fps:g}, "
-                                   f"fewer than the {clips.min_frames} frames an item needs (data.clip_frames)")
+                failures.append((items[i], f"too short: {info['duration']:.2f} s gives {frames} frames at "
+                                           f"data.fps={clips.fps:g}, fewer than the {clips.min_frames} frames an item "
+                                           f"needs (data.clip_frames)", False))
                 continue
             if size is None and "width" in info:
                 size = min(info["width"], info["height"], NATIVE_MAX)
@@ -163,9 +166,16 @@ def _clip_folder(root: Path, image_size: int | str, seed: int, clips: ClipSettin
                                 lengths=torch.tensor(lengths, dtype=torch.long), size=0, fps=clips.fps,
                                 plan=FramePlan(clips.clip_frames), paths=[items[i] for i in keep], bad=bad))
     train, val = splits
+    damaged = [(path, reason) for path, reason, counted in failures if counted]
+    if len(damaged) > bad.max_fraction * bad.total:
+        bad.found.update(damaged)
+        bad.check()
     if not len(train):
-        raise UserError(f"none of the {len(layout.train)} clips of '{root}' can be used ({_first_reason(bad)}); "
+        path, reason, _ = failures[0] if failures else (root, "no clips found", True)
+        raise UserError(f"none of the {len(layout.train)} clips of '{root}' can be used (first: '{path}': {reason}); "
                         f"give video files (.mp4, .webm, ...) of at least {clips.min_frames / clips.fps:g} s")
+    for path, reason, counted in failures:
+        (bad.add if counted else bad.skip)(path, reason)
     if image_size == "auto":
         size = size or _frame_folder_size(train)
     else:
@@ -173,14 +183,6 @@ def _clip_folder(root: Path, image_size: int | str, seed: int, clips: ClipSettin
     for split in splits:
         split.size = size
     return DataSource(str(root), train, val if len(val) else None, layout.classes, size, kind="video")
-
-
-def _first_reason(bad: BadImages) -> str:
-    both = {**bad.found, **bad.skipped}
-    if not both:
-        return "no clips found"
-    path, reason = next(iter(both.items()))
-    return f"first: '{path}': {reason}"
 
 
 def _frame_folder_size(split: ClipSplit) -> int:
