@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import UserError
+from .output import emit as _emit, listing as _listing, stderr as _stderr, table as _table
 
 app = typer.Typer(
     name="sslcli",
@@ -30,18 +31,6 @@ JSON_HELP = "Print exactly one JSON object on stdout; progress and tables go to 
 DATA_HELP = ("synthetic:shapes, synthetic:moving-shapes, an image or video folder (train/ and val/ of class folders, "
              "class folders, or flat), cifar10, cifar100, stl10.")
 MODEL_HELP = "A run folder from `sslcli pretrain`, a backbone.safetensors file, or random:TIMM_NAME (the random-init floor)."
-
-
-def _stderr():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _emit(result: dict, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
 
 
 def _print_version(value: bool) -> None:
@@ -93,84 +82,6 @@ def command(*args, **kwargs):
 
 # ---------------------------------------------------------------- pretrain
 
-def _load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional[Path], resume: bool) -> dict:
-    """The recipe as YAML data, before overrides. A resumed run starts from its own recipe.yaml."""
-    from .recipe import RECIPES_DIR, find_recipe, read_yaml
-
-    run_recipe = out / "recipe.yaml" if resume and out is not None else None
-    if recipe:
-        raw = read_yaml(find_recipe(recipe))
-    elif run_recipe is not None and run_recipe.is_file():
-        raw = read_yaml(run_recipe)
-        named = (raw.get("method") or {}).get("name") if isinstance(raw.get("method"), dict) else None
-        if method and named and method != named:
-            raise UserError(f"--resume: the run in '{out}' trains '{named}', not '{method}'; drop --method, "
-                            f"or start the new method in another --out")
-    elif method:
-        bundled = RECIPES_DIR / f"{method}.yaml"
-        if bundled.is_file():
-            raw = read_yaml(bundled)
-        else:
-            from .registry import get_method
-
-            get_method(method)  # unknown names fail here with a did-you-mean
-            raw = {"method": {"name": method}}
-    else:
-        raise UserError("say what to train: --method NAME (see `sslcli methods`) or --recipe FILE|NAME (see `sslcli recipes`)")
-    raw.setdefault("method", {})
-    if not isinstance(raw["method"], dict):
-        raise UserError("recipe section 'method' must be a mapping with at least 'name'")
-    if method:
-        named = raw["method"].get("name")
-        if recipe and named and named != method:
-            raise UserError(f"--method {method} contradicts the recipe's method '{named}'; drop one of them")
-        raw["method"]["name"] = method
-    return raw
-
-
-def _check_out(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to mix runs (a non-empty folder needs --resume or --force) and unwritable folders,
-    without creating or changing anything."""
-    import tempfile
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a folder path")
-    if resume:
-        if not (out / "checkpoints" / "last.pt").is_file() and not (out / "recipe.yaml").is_file():
-            raise UserError(f"--resume: '{out}' holds no run to continue (no checkpoints/last.pt); run without --resume to start one")
-    elif out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out '{out}' is not empty; pass --resume to continue that run or --force to replace it")
-    existing = out.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        with tempfile.TemporaryFile(dir=existing):  # the one sure test, also for root and read-only mounts
-            pass
-    except OSError as exc:
-        raise UserError(f"--out '{out}' is not writable ('{existing}': {exc.strerror or exc}); choose another folder") from None
-
-
-RUN_FILES = ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json", "curves.png",
-             "eval.json", "skipped.txt", "visual.png")
-
-
-def _create_out(out: Path, force: bool) -> None:
-    """Make the run folder; with --force, remove the files of the run it held."""
-    import shutil
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out '{out}' cannot be created ({exc.strerror}); choose another folder") from None
-    if force:
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-
-
 @command()
 def pretrain(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method plugin; alone it uses the bundled recipe of that name."),
@@ -191,11 +102,12 @@ def pretrain(
     [dim]Example: sslcli pretrain --method simclr --out runs/a[/dim]
     """
     from .recipe import apply_overrides, parse_set, resolve_recipe
+    from .runfolder import check_out, create_out, load_raw_recipe
 
     overrides = [parse_set(item) for item in set_]
     if resume and force:
         raise UserError("--resume and --force contradict each other; pass one of them")
-    raw = _load_raw_recipe(method, recipe, out, resume)
+    raw = load_raw_recipe(method, recipe, out, resume)
     shortcuts = {("data", "source"): data, ("backbone", "name"): backbone, ("train", "epochs"): epochs,
                  ("train", "batch_size"): batch_size, ("train", "device"): device}
     overrides += [(list(key), value) for key, value in shortcuts.items() if value is not None]
@@ -208,14 +120,14 @@ def pretrain(
         if resume:
             raise UserError("--resume needs --out, the run folder to continue")
         out = Path("runs") / f"{resolved.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_out(out, resume, force)
+    check_out(out, resume, force)
 
     from .engine import Trainer
 
     console = _stderr()
     trainer = Trainer(resolved, out, console)
     trainer.prepare(resume)  # everything that can be refused is refused before anything is written
-    _create_out(out, force and not resume)
+    create_out(out, force and not resume)
     console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)
     result = trainer.run(resume=resume)
     if not as_json:
@@ -321,6 +233,7 @@ def finetune(
     """
     from .evaluation.run import DataChoice, announce, choose_data, data_fields
     from .recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
+    from .runfolder import check_out, create_out
 
     overrides = [parse_set(item) for item in set_]
     raw = read_yaml(find_recipe(recipe))
@@ -344,7 +257,7 @@ def finetune(
 
     resolved = resolve_recipe(apply_overrides(raw, overrides), lambda name: get_method(name).Config)
     out = out or Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_out(out, False, force)
+    check_out(out, False, force)
 
     from .engine import Trainer
     from .evaluation.run import classifier_accuracy
@@ -353,7 +266,7 @@ def finetune(
     trainer = Trainer(resolved, out, console)
     trainer.prepare()
     announce(choice, model)
-    _create_out(out, force)
+    create_out(out, force)
     console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
     trained = trainer.run()
     scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
@@ -430,26 +343,6 @@ def write_clips_command(
 
 
 # ---------------------------------------------------------------- listings
-
-def _table(title: str, columns: dict[str, str], rows: list[dict]) -> None:
-    """A rich table of `columns` (field -> heading) on stderr."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for heading in columns.values():
-        table.add_column(heading)
-    for row in rows:
-        table.add_row(*(f"{row[f]:.4g}" if isinstance(row[f], float) else str(row[f]) for f in columns))
-    _stderr().print(table)
-
-
-def _listing(title: str, columns: dict[str, str], rows: list[dict], key: str, as_json: bool) -> None:
-    """`rows` as one JSON object under `key`, or as a table."""
-    if as_json:
-        _emit({key: rows}, True)
-    else:
-        _table(title, columns, rows)
-
 
 @command()
 def methods(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:

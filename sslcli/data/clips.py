@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UserError
 from .damaged import BadImages
-from .images import Batch, load_image, read_image, square
+from .images import Batch, LabelledItems, load_image, read_image, square
 
 INDEX_VERSION = 1
 
@@ -45,7 +45,7 @@ class FramePlan:
 
 
 @dataclass
-class ClipSplit:
+class ClipSplit(LabelledItems):
     """One split of clips: frames in memory (`frames`, all clips end to end, with `offsets`) or
     decoded on demand from `paths` (video files or frame folders). `lengths` counts each clip's
     frames at `fps`; `audio` holds float32 mono soundtracks where the source has them."""
@@ -62,13 +62,6 @@ class ClipSplit:
     audio_rate: int = 0
     bad: Optional[BadImages] = field(default=None, repr=False)
     kind = "video"
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
     @property
     def in_memory(self) -> bool:

@@ -54,8 +54,21 @@ def read_image(path: Path, size: int) -> tuple[Optional[torch.Tensor], str]:
         return None, (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
 
 
+class LabelledItems:
+    """What every split shares: its items' labels (int64, -1 where unlabelled)."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+
 @dataclass
-class Split:
+class Split(LabelledItems):
     """One split: images in memory (N,3,S,S uint8) or as files decoded on demand.
 
     A split of clips (`clips.ClipSplit`) keeps the same interface, so the engine and evaluation
@@ -68,13 +81,6 @@ class Split:
     size: int = 0
     bad: Optional[BadImages] = field(default=None, repr=False)
     kind = "images"
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
     @property
     def in_memory(self) -> bool:

@@ -85,7 +85,7 @@ def render_clip(rng: np.random.Generator, label: int, size: int = NATIVE_SIZE, f
     """One clip of class `label`: (T, H, W, 3) uint8 frames and its float32 mono soundtrack."""
     frames = int(round(fps * seconds))
     base = np.asarray(SHAPES[CLASSES[label]], dtype=np.float32)
-    size_factor = rng.uniform(0.3, 0.42)
+    size_factor = rng.uniform(0.38, 0.5)
     aspect = rng.uniform(0.85, 1.15)
     path = _path(rng, frames, size_factor * 1.25)
     bg, fg = _random_colour(rng), _random_colour(rng)
