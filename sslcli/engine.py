@@ -23,7 +23,7 @@ from .backbones import BackboneInfo, check_backbone_name, create_backbone, load_
 from .data.images import Batch, Split, balanced_fraction, load_batches
 from .data.sources import ClipSettings, DataSource, open_source
 from .device import autocast, autocast_dtype, peak_memory_mb, select_device
-from .errors import UserError, last_line, plugin_fault
+from .errors import UserError, last_line, plugin_fault, plugin_guard
 from .files import atomic_write, remove_stale_tmp
 from .methods.base import Method
 from .recipe import RESUMABLE_CHANGES, Recipe, resume_conflicts
@@ -225,12 +225,8 @@ class Trainer:
         info = replace(info, method=r.method.name)
         method_cls = get_method(r.method.name)
         classes = len(ds.classes) if ds.classes else None
-        try:
+        with plugin_guard(r.method.name, "building its model"):
             method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size, classes)
-        except (UserError, MemoryError):
-            raise
-        except Exception as exc:
-            raise plugin_fault(r.method.name, "building its model", exc) from exc
         method = method.to(self.device)
         if r.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
@@ -248,12 +244,8 @@ class Trainer:
         check_backbone_name(self.recipe.backbone.name)
         ds = self.open_data()
         self.method, self.info = self.build(ds)
-        try:
+        with plugin_guard(self.recipe.method.name, "setup on the training data"):
             self.method.setup(ds.train)
-        except (UserError, MemoryError):
-            raise
-        except Exception as exc:
-            raise plugin_fault(self.recipe.method.name, "setup on the training data", exc) from exc
         self._dry_step(self.method, ds)
         self._check_space()
         if self.resume_state is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 class UserError(Exception):
@@ -16,9 +17,26 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), else its type's name."""
+    return (str(exc).splitlines() or [""])[0][:limit] or type(exc).__name__
+
+
 def last_line(exc: BaseException) -> str:
     """The last line of an exception's message (where Python and torch put the cause), at most 300 characters."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300].rstrip(".")
+
+
+@contextlib.contextmanager
+def plugin_guard(name: str, during: str) -> Iterator[None]:
+    """Turn anything a method plugin raises `during` a step into one line naming it; our own
+    refusals and running out of memory pass through as they are."""
+    try:
+        yield
+    except (UserError, MemoryError):
+        raise
+    except Exception as exc:
+        raise plugin_fault(name, during, exc) from exc
 
 
 def plugin_fault(name: str, during: str, exc: BaseException) -> UserError:

@@ -8,6 +8,12 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp"
 
 
+def cache_dir(*parts: str) -> Path:
+    """sslcli's cache folder (`$SSLCLI_CACHE`, else ~/.cache/sslcli), or a folder inside it."""
+    base = Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli")).expanduser()
+    return base.joinpath(*parts)
+
+
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
     """Write to PATH.tmp, fsync, then rename over `path`: the previous file stays intact until the
     new one is complete. On failure (a full disk) the partial temporary file is removed and the

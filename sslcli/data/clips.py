@@ -20,8 +20,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..files import cache_dir
+from . import media
 from .damaged import BadImages
+from .folders import frame_files
 from .images import Batch, LabelledItems, load_image, read_image, square
 
 INDEX_VERSION = 1
@@ -66,10 +69,6 @@ class ClipSplit(LabelledItems):
     @property
     def in_memory(self) -> bool:
         return self.frames is not None
-
-    @property
-    def images(self):  # image splits hold pictures here; a clip split's are in `frames`
-        return None
 
     def path(self, index: int) -> Path:
         return self.paths[index] if self.paths is not None else Path(f"clip-{index}")
@@ -147,25 +146,22 @@ def decode_clip(path: Path, size: int, fps: float, positions: list[int]) -> tupl
     each resized and centre-cropped to `size`: (len(positions), 3, S, S) uint8, or (None, why)."""
     try:
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+            files = frame_files(path)
             frames = [load_image(files[min(p, len(files) - 1)], size) for p in positions]
             return torch.stack(frames), ""
-        from .media import read_frames
-
-        arrays = read_frames(path, [p / fps for p in positions])
+        arrays = media.read_frames(path, [p / fps for p in positions])
         return torch.stack([square(a, size) for a in arrays]), ""
     except UserError:
         raise
     except Exception as exc:  # PyAV and PIL raise many types for damaged files
-        return None, (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
+        return None, first_line(exc)
 
 
 # ---------------------------------------------------------------- the index
 
 def _cache_file(root: Path) -> Path:
-    base = Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli")).expanduser()
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]
-    return base / "clips" / f"{key}.json"
+    return cache_dir("clips", f"{key}.json")
 
 
 def _stamp(path: Path) -> list:
@@ -181,18 +177,16 @@ def _probe(path: Path, fps: float) -> dict:
     """A clip's index entry: {'info': {...}} or {'error': why}."""
     try:
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+            files = frame_files(path)
             image, reason = read_image(files[0], 8)
             if image is None:
                 return {"error": reason}
             return {"info": {"duration": len(files) / fps, "fps": fps, "frames": len(files), "audio_rate": 0}}
-        from .media import probe_clip
-
-        return {"info": probe_clip(path).to_dict()}
+        return {"info": media.probe_clip(path).to_dict()}
     except UserError:
         raise
     except Exception as exc:  # damaged, empty or foreign files
-        return {"error": (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__}
+        return {"error": first_line(exc)}
 
 
 def index_clips(root: Path, paths: list[Path], fps: float, threads: int = 0) -> list[dict]:

@@ -33,6 +33,11 @@ def is_video(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and _visible(path)
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The frames of a frame folder, in name order."""
+    return sorted(p for p in folder.iterdir() if is_image(p))
+
+
 def is_frame_folder(path: Path) -> bool:
     """A folder whose own files are images: one clip, its frames in name order."""
     return path.is_dir() and _visible(path) and any(is_image(p) for p in path.iterdir())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .damaged import BadImages
 
 DECODE_SAMPLE = 16  # files decoded up front from a split too large to cache
@@ -51,7 +51,7 @@ def read_image(path: Path, size: int) -> tuple[Optional[torch.Tensor], str]:
     try:
         return load_image(path, size), ""
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
-        return None, (str(exc).splitlines() or [type(exc).__name__])[0][:200] or type(exc).__name__
+        return None, first_line(exc)
 
 
 class LabelledItems:

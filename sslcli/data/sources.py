@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..files import cache_dir
 from .clips import ClipSplit, FramePlan, index_clips
 from .damaged import BadImages, _warn
-from .folders import holds_video, read_layout
+from .folders import frame_files, holds_video, read_layout
 from .images import DECODE_SAMPLE, Split
 
 TORCHVISION_SOURCES = ("cifar10", "cifar100", "stl10")
@@ -85,7 +86,7 @@ def _torchvision_source(name: str, root: Optional[str], image_size: int | str, p
                         root_hint: str) -> DataSource:
     import torchvision.datasets as tvd
 
-    folder = Path(root or Path.home() / ".cache" / "sslcli" / "datasets" / name).expanduser()
+    folder = Path(root).expanduser() if root else cache_dir("datasets", name)
     native = 96 if name == "stl10" else 32
     try:
         if name == "stl10":
@@ -143,7 +144,7 @@ def _clip_folder(root: Path, image_size: int | str, seed: int, clips: ClipSettin
     `bad`, clips shorter than `clips.min_frames` skipped with their length. Nothing is said on
     stderr until the clips are known to be usable, so a refusal is one line."""
     layout = read_layout(root, "video", seed)
-    bad.total = len(layout.train) + len(layout.val)
+    bad.noun, bad.total = "clip", len(layout.train) + len(layout.val)
     splits, size, failures = [], None, []
     for items, labels in ((layout.train, layout.train_labels), (layout.val, layout.val_labels)):
         keep, lengths = [], []
@@ -191,7 +192,7 @@ def _frame_folder_size(split: ClipSplit) -> int:
 
     first = split.paths[0]
     if first.is_dir():
-        first = sorted(p for p in first.iterdir() if p.is_file())[0]
+        first = frame_files(first)[0]
     with Image.open(first) as img:
         return min(min(img.size), NATIVE_MAX)
 
@@ -229,8 +230,7 @@ def open_source(
     says how this command names the folder of a torchvision set). Items that cannot be decoded
     are skipped and recorded in `DataSource.bad`. `kind` "video" reads a folder's frame folders
     as clips (auto: clips when the folder holds video files)."""
-    noun = "clip" if kind == "video" or source == "synthetic:moving-shapes" else "image"
-    bad = BadImages(source, 0, max_bad_fraction, warn, noun)
+    bad = BadImages(source, 0, max_bad_fraction, warn, "clip" if kind == "video" else "image")
     if source == "synthetic:shapes":
         ds = _synthetic_source(source, image_size, seed, _count(synthetic_train, 2000), _count(synthetic_val, 500))
     elif source == "synthetic:moving-shapes":
@@ -247,11 +247,11 @@ def open_source(
                 f"data source '{source}' does not exist; give an image or video folder, "
                 f"{', '.join(TORCHVISION_SOURCES)} or {', '.join(SYNTHETIC_SOURCES)}"
             )
-        bad.noun = "clip" if kind == "video" or (kind == "auto" and path.is_dir() and holds_video(path)) else "image"
         ds = _folder_source(path, image_size, seed, kind, clips, bad)
     if ds.kind == "images" and kind == "video":
         raise UserError(f"'{source}' holds images, but clips were asked for (data.kind=video); give a folder of "
                         f"video files or frame folders, or synthetic:moving-shapes")
+    bad.noun = "clip" if ds.kind == "video" else "image"
     bad.total = len(ds.train) + (len(ds.val) if ds.val is not None else 0) + len(bad)
     bad.check()
     ds.bad = bad

@@ -261,6 +261,7 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
             parent = path.parent.name
             labels.append(ds.classes.index(parent) if ds.classes and parent in ds.classes else -1)
         q_images, q_labels = torch.stack(images), torch.tensor(labels)
+        queried = Split(labels=q_labels, images=q_images, size=ds.image_size)
     else:
         pool = ds.val if ds.val is not None else ds.train
         pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
@@ -271,8 +272,6 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
     kept: list[torch.Tensor] = []
     train_f, _ = extract_features(model, ds.train, dev, kept=kept)
     train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
-    if query_files:
-        queried = Split(labels=q_labels, images=q_images, size=ds.image_size)
     q_f, _ = extract_features(model, queried, dev)
     rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import cache_dir
+
 TILES = 9
 
 
@@ -21,16 +23,12 @@ def all_orders() -> torch.Tensor:
     return torch.tensor(list(itertools.permutations(range(TILES))), dtype=torch.int8)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli")).expanduser() / "jigsaw"
-
-
 # Bump when the greedy choice below changes, so sets cached by an older version are not reused.
 PERMUTATION_ALGORITHM = 1
 
 
 def _cache_path(count: int, seed: int) -> Path:
-    return _cache_dir() / f"hamming-v{PERMUTATION_ALGORITHM}-{count}-seed{seed}.pt"
+    return cache_dir("jigsaw") / f"hamming-v{PERMUTATION_ALGORITHM}-{count}-seed{seed}.pt"
 
 
 def _digest(perms: torch.Tensor) -> str:
