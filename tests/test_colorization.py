@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
-from sslcli.methods.colorization import (
+from sslcli.losses import weighted_cross_entropy
+from sslcli.methods._colour import (
     BIN_WIDTH,
     NUM_BINS,
-    Colorization,
     annealed_mean,
     decode_bins,
     encode_ab,
@@ -18,8 +18,8 @@ from sslcli.methods.colorization import (
     rgb_to_lab,
     smooth_prior,
     soft_encode_ab,
-    weighted_cross_entropy,
 )
+from sslcli.methods.colorization import Colorization
 
 
 def make_method(image_size=32, **method_keys):

@@ -3,6 +3,7 @@
 from .barlow_twins import barlow_twins_loss, cross_correlation
 from .byol import byol_loss
 from .collapse import collapse_floor, embedding_std
+from .colorization import weighted_cross_entropy
 from .info_nce import info_nce, info_nce_logits
 from .nt_xent import nt_xent
 from .swav import code_entropy, sinkhorn_knopp, swav_loss
@@ -21,4 +22,5 @@ __all__ = [
     "sinkhorn_knopp",
     "swav_loss",
     "vicreg_loss",
+    "weighted_cross_entropy",
 ]
