@@ -186,9 +186,9 @@ class _Killed(BaseException):
 def test_kill_between_checkpoint_and_backbone_then_resume_is_exact(cli, tmp_path, monkeypatch, straight):
     """A kill after the final last.pt is written but before backbone.safetensors is: --resume has
     no step left to train, and must still leave the backbone of the checkpoint it resumed."""
-    import sslcli.engine
+    import sslcli.engine.trainer
 
-    written = sslcli.engine.save_backbone
+    written = sslcli.engine.trainer.save_backbone
 
     def killed_before_the_last_backbone(model, info, folder):
         if info.epoch == 3:
@@ -197,7 +197,7 @@ def test_kill_between_checkpoint_and_backbone_then_resume_is_exact(cli, tmp_path
 
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(sslcli.engine, "save_backbone", killed_before_the_last_backbone)
+        m.setattr(sslcli.engine.trainer, "save_backbone", killed_before_the_last_backbone)
         with pytest.raises(_Killed):
             cli(*RUN, "--epochs", "3", "--out", run)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3

@@ -4,8 +4,6 @@ owns the optimiser, schedule, precision, data order, checkpoints, resume, progre
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import math
 import os
 import shutil
@@ -13,23 +11,25 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
-import torch.nn as nn
 from rich.console import Console
 
-from .backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
-from .data.images import Batch, Split, balanced_fraction, load_batches
-from .data.sources import ClipSettings, DataSource, open_source
-from .device import autocast, autocast_dtype, peak_memory_mb, select_device
-from .errors import UserError, last_line, plugin_fault, plugin_guard
-from .files import atomic_write, remove_stale_tmp
-from .methods.base import Method
-from .recipe import RESUMABLE_CHANGES, Recipe, resume_conflicts
-from .registry import get_method
-
-CHECKPOINT_FORMAT = 1
+from ..backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
+from ..data.images import Split, balanced_fraction
+from ..data.sources import ClipSettings, DataSource, open_source
+from ..device import autocast, autocast_dtype, peak_memory_mb, select_device
+from ..errors import UserError, last_line, plugin_fault, plugin_guard
+from ..files import atomic_write, remove_stale_tmp
+from ..methods.base import Method
+from ..recipe import Recipe
+from ..registry import get_method
+from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, check_resumable, checkpoint_bytes, existing_ancestor,
+                          kept_message, load_checkpoint, megabytes)
+from .optim import build_optimizer, lr_factor
+from .order import epoch_order, iterate_batches
+from .records import log_record, plot, progress_bar, trim_metrics, visualize, write_skipped
 
 
 class TrainingError(UserError):
@@ -41,137 +41,6 @@ class TrainingError(UserError):
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a resumable checkpoint was written. Exit code 130."""
 
-
-# ---------------------------------------------------------------- optimisation
-
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise trust ratios (You et al. 2017, "Large Batch Training of
-    Convolutional Networks"). Groups with `lars=False` (biases, norms) get plain SGD."""
-
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, lars=True))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
-                if group["lars"]:
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    ratio = torch.where((p_norm > 0) & (g_norm > 0), group["trust"] * p_norm / g_norm, torch.ones_like(p_norm))
-                    grad.mul_(ratio)
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = grad
-                else:
-                    buf.mul_(group["momentum"]).add_(grad)
-                p.add_(buf, alpha=-group["lr"])
-
-
-def scaled_lr(recipe: Recipe) -> float:
-    o, batch = recipe.optim, recipe.train.batch_size
-    factor = {"linear": batch / 256, "sqrt": math.sqrt(batch / 256), "none": 1.0}[o.lr_scaling]
-    return o.lr * factor
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    o = recipe.optim
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    lr = scaled_lr(recipe)
-    groups = [
-        {"params": decay, "weight_decay": o.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(o.momentum, 0.999))
-    groups[1]["lars"] = False
-    return LARS(groups, lr=lr, momentum=o.momentum, trust=o.trust)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float) -> float:
-    """Linear warmup from 0 over `warmup` steps, then cosine to `final` (or constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ---------------------------------------------------------------- data order
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of the training set for `epoch`: a pure function of (seed, epoch), so a
-    resumed run replays exactly the same order."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def iterate_batches(split: Split, order: torch.Tensor, batch_size: int, start: int, workers: int) -> Iterator[Batch]:
-    """(uint8 images, labels, indices) batches following `order` (full batches only), from batch
-    index `start`; undecodable images are left out of their batch (see `load_batches`)."""
-    steps = len(order) // batch_size
-    return load_batches(split, [order[i * batch_size:(i + 1) * batch_size] for i in range(start, steps)], workers)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Serialise in memory, then write atomically (see `atomic_write`): torch's own writer turns
-    a full disk into an opaque RuntimeError, a plain write gives the OSError that says so."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getbuffer())
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at '{path}'; start without --resume (or with --force to overwrite)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise UserError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}): it is damaged or not an sslcli "
-                        f"checkpoint; start again with --force") from None
-
-
-def checkpoint_bytes(method: nn.Module, optimizer_name: str) -> int:
-    """About how large checkpoints/last.pt plus backbone.safetensors will be."""
-    state = sum(t.numel() * t.element_size() for t in method.state_dict().values())
-    trained = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
-    backbone = sum(t.numel() * t.element_size() for t in method.backbone.state_dict().values())
-    return state + (2 if optimizer_name == "adamw" else 1) * trained + backbone
-
-
-def _kept(ckpt_dir: Path) -> str:
-    """Where the last good checkpoint is, for an error message."""
-    last = ckpt_dir / "last.pt"
-    if not last.is_file():
-        return "no checkpoint had been written yet"
-    try:
-        epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        where = f"epoch {epoch['epoch']}" + (f", step {epoch['step_in_epoch']}" if epoch["step_in_epoch"] else "")
-    except Exception:  # naming the file is enough
-        where = "the last save"
-    return f"the last good checkpoint ({where}) is kept in {last}"
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _megabytes(n: float) -> str:
-    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
-
-
-# ---------------------------------------------------------------- the loop
 
 class Trainer:
     """Pretrains `recipe` into run folder `out`. `prepare()` checks everything that can be refused
@@ -289,11 +158,11 @@ class Trainer:
         held = sum(f.stat().st_size for f in (self.out / "checkpoints" / "last.pt", self.out / "backbone.safetensors")
                    if f.is_file())
         need = 2 * checkpoint_bytes(self.method, self.recipe.optim.name) + 10_000_000 - held
-        where = _existing_ancestor(self.out)
+        where = existing_ancestor(self.out)
         free = shutil.disk_usage(where).free
         if free < need:
             raise UserError(
-                f"--out '{self.out}' has {_megabytes(free)} free, but this run needs about {_megabytes(need)} "
+                f"--out '{self.out}' has {megabytes(free)} free, but this run needs about {megabytes(need)} "
                 f"(a checkpoint and the previous one); free some space or choose another --out"
             )
 
@@ -304,7 +173,7 @@ class Trainer:
         if not path.exists() and (self.out / "recipe.yaml").is_file():
             return None
         ckpt = load_checkpoint(path)
-        self._check_compatible(ckpt)
+        check_resumable(ckpt, self.recipe)
         return ckpt
 
     def _load_model_state(self, ckpt: dict) -> None:
@@ -313,23 +182,6 @@ class Trainer:
         except (RuntimeError, KeyError) as exc:
             raise UserError(f"checkpoint of '{self.out}' does not fit this recipe's model "
                             f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe.yaml") from None
-
-    def _check_compatible(self, ckpt: dict) -> None:
-        r = self.recipe
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise UserError("checkpoint format is not one this sslcli version reads; start a new run with --force")
-        if ckpt.get("method") != r.method.name or ckpt.get("backbone") != r.backbone.name:
-            raise UserError(
-                f"checkpoint is from method '{ckpt.get('method')}' with backbone '{ckpt.get('backbone')}', but the recipe "
-                f"asks for '{r.method.name}' with '{r.backbone.name}'; resume with the run's own recipe.yaml"
-            )
-        conflicts = resume_conflicts(ckpt.get("recipe") or {}, r)
-        if conflicts:
-            more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
-            raise UserError(
-                f"--resume: the recipe differs from the run's in {', '.join(conflicts[:3])}{more}; a resumed run may "
-                f"only change {', '.join(sorted(RESUMABLE_CHANGES))}: drop the other changes or start a new run"
-            )
 
     # -- signals
     @contextlib.contextmanager
@@ -382,14 +234,14 @@ class Trainer:
             self.console.print("no checkpoint was written before the run stopped; starting from the beginning")
         self.resume_state = None  # the optimiser state now lives in the optimiser
         if resume:
-            self._trim_metrics(global_step)
+            trim_metrics(self.out, global_step)
         atomic_write(self.out / "recipe.yaml", r.to_yaml().encode())
-        self._write_skipped()
+        write_skipped(self.out, self.data.bad if self.data is not None else None)
 
         def save(epoch: int, step_in_epoch: int) -> None:
             if not all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point()):
                 raise TrainingError(
-                    f"the weights became non-finite by epoch {epoch}, step {global_step}; {_kept(ckpt_dir)}; "
+                    f"the weights became non-finite by epoch {epoch}, step {global_step}; {kept_message(ckpt_dir)}; "
                     f"lower optim.lr (now {r.optim.lr}) or use --set train.precision=fp32"
                 )
             state = {
@@ -414,7 +266,7 @@ class Trainer:
             save_backbone(method.backbone, replace(info, epoch=epoch), self.out)
 
         metrics_file = open(self.out / "metrics.jsonl", "a")
-        progress = self._progress()
+        progress = progress_bar(self.console)
         task = progress.add_task(r.method.name, total=total_steps, completed=global_step, loss=float("nan"), lr=0.0, ips=0.0)
         history: list[dict] = []
         started = time.time()
@@ -434,14 +286,14 @@ class Trainer:
                     for step, (images, labels, indices) in enumerate(batches, first):
                         if ds.bad is not None and len(ds.bad) != bad_seen:
                             bad_seen = len(ds.bad)
-                            self._write_skipped()
+                            write_skipped(self.out, self.data.bad if self.data is not None else None)
                         if images.shape[0] < 2:  # every image of this batch was undecodable
                             continue
                         t0 = time.time()
                         loss, metrics = self._step(method, images, labels, indices, aug_gen, optimizer, scaler)
                         if not math.isfinite(loss):
                             raise TrainingError(
-                                f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; {_kept(ckpt_dir)}; "
+                                f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; {kept_message(ckpt_dir)}; "
                                 f"lower optim.lr (now {r.optim.lr}) or use --set train.precision=fp32"
                             )
                         scheduler.step()
@@ -456,7 +308,7 @@ class Trainer:
                         ips = images.shape[0] / max(1e-9, time.time() - t0)
                         progress.update(task, advance=1, loss=loss, lr=lr, ips=ips)
                         if global_step % r.train.log_every == 0:
-                            self._log(metrics_file, {"step": global_step, "epoch": epoch + (step + 1) / steps_per_epoch,
+                            log_record(metrics_file, {"step": global_step, "epoch": epoch + (step + 1) / steps_per_epoch,
                                                      "loss": loss, "lr": lr, "images_per_s": ips, **metrics})
                         if self._stop_signal is not None and step + 1 < steps_per_epoch:
                             save(epoch, step + 1)
@@ -465,7 +317,7 @@ class Trainer:
                     record = {"epoch": epoch + 1, "step": global_step, **{k: v / counts[k] for k, v in sums.items()},
                               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(1e-9, elapsed),
                               "epoch_seconds": elapsed, **self._epoch_metrics(method, ds)}
-                    self._log(metrics_file, record)
+                    log_record(metrics_file, record)
                     history.append(record)
                     shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
                     progress.console.print(f"epoch {epoch + 1}/{r.train.epochs}  {shown}", soft_wrap=True)
@@ -479,15 +331,15 @@ class Trainer:
         except OSError as exc:  # a full disk, a lost mount: the previous checkpoint is still whole
             raise TrainingError(
                 f"writing to '{exc.filename or self.out}' failed ({exc.strerror or exc}) at step {global_step}; "
-                f"{_kept(ckpt_dir)}: free some space, then continue with --resume"
+                f"{kept_message(ckpt_dir)}: free some space, then continue with --resume"
             ) from None
         finally:
             with contextlib.suppress(OSError):
                 metrics_file.close()
-                self._write_skipped()
+                write_skipped(self.out, self.data.bad if self.data is not None else None)
             self.method = method
-            self._plot()
-        self._visualize(method, ds)
+            plot(self.out, self.console)
+        visualize(method, ds, self.device, self.out, self.console)
         return {
             "out": str(self.out),
             "method": r.method.name,
@@ -509,12 +361,6 @@ class Trainer:
         finally:
             method.train()
 
-    def _write_skipped(self) -> None:
-        """skipped.txt: one 'path<TAB>reason' line per image that could not be decoded."""
-        bad = self.data.bad if self.data is not None else None
-        if bad is not None and len(bad):
-            atomic_write(self.out / "skipped.txt", bad.lines().encode())
-
     def _step(self, method: Method, images, labels, indices, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
         images = images.to(self.device, non_blocking=True)
         views = method.batch_views(images, gen, labels.to(self.device) if method.uses_labels else None,
@@ -529,67 +375,11 @@ class Trainer:
         scaler.update()
         return float(loss.detach()), {k: float(v) for k, v in metrics.items()}
 
-    def _visualize(self, method: Method, ds: DataSource, count: int = 8) -> None:
-        """visual.png: the method's own picture (e.g. colourised or inpainted val images)."""
-        split = ds.val if ds.val is not None and len(ds.val) else ds.train
-        pick = torch.linspace(0, len(split) - 1, min(count, len(split))).long()
-        try:
-            images = torch.stack([image for image in split.stills(pick.tolist()) if image is not None])
-            method.eval()
-            with torch.no_grad():
-                picture = method.visualize(images.to(self.device))
-            if picture is not None:
-                buffer = io.BytesIO()
-                picture.save(buffer, format="PNG")
-                atomic_write(self.out / "visual.png", buffer.getvalue())
-        except Exception as exc:  # a picture must never cost a run
-            self.console.print(f"[yellow]warning: visual.png not written ({exc})[/yellow]")
-        finally:
-            method.train()
-
-    def _plot(self) -> None:
-        from .evaluation.plots import plot_curves
-
-        try:
-            plot_curves(self.out)
-        except Exception as exc:  # a plot must never cost a run
-            self.console.print(f"[yellow]warning: curves.png not written ({exc})[/yellow]")
-
     def _workers(self, split: Split) -> int:
         w = self.recipe.data.workers
         if w != "auto":
             return int(w)
         return 0 if split.in_memory else min(4, max(1, (os.cpu_count() or 2) - 1))
-
-    def _trim_metrics(self, global_step: int) -> None:
-        """Drop records written after the checkpoint we resume from, so none appears twice."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if line.strip() and json.loads(line).get("step", 0) <= global_step:
-                    kept.append(line)
-            except ValueError:  # a line cut short by a kill
-                continue
-        atomic_write(path, "".join(line + "\n" for line in kept).encode())
-
-    @staticmethod
-    def _log(f, record: dict) -> None:
-        f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
-        f.flush()
-
-    def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4f}  {task.fields[ips]:.0f} img/s"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
-
 
 def _indices(method: Method, indices: torch.Tensor) -> dict:
     """The `indices` keyword for methods that keep per-image state (a memory bank), else nothing."""
