@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,8 @@ class BackboneInfo:
     method: str = "random"
     classifier: str = "the classifier weights are zeros (untrained); they exist so timm loads the file strictly"
     epoch: int = 0
+    in_chans: int = 3
+    front_end: Optional[dict] = None  # an audio tower: the spectrogram settings its input is made with
 
 
 def resolve_small_input(small_input, image_size: int) -> bool:
@@ -62,15 +65,18 @@ def check_backbone_name(name: str) -> None:
 
 
 def create_backbone(
-    name: str, small_input=False, image_size: int = 224, zero_init_last: bool = True
+    name: str, small_input=False, image_size: int = 224, zero_init_last: bool = True, in_chans: int = 3
 ) -> tuple[nn.Module, BackboneInfo]:
     """A randomly initialised timm model that maps images to pooled features (no classifier).
 
-    `zero_init_last=False` starts residual blocks as torchvision does (last BatchNorm weight 1)."""
+    `zero_init_last=False` starts residual blocks as torchvision does (last BatchNorm weight 1);
+    `in_chans=1` takes one-channel inputs such as spectrograms."""
     import timm
 
     check_backbone_name(name)
     extra = {} if zero_init_last else {"zero_init_last": False}
+    if in_chans != 3:
+        extra["in_chans"] = in_chans
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, **extra)
     except TypeError as exc:
@@ -82,7 +88,8 @@ def create_backbone(
     small = resolve_small_input(small_input, image_size)
     if small:
         _apply_small_input_stem(model, name)
-    info = BackboneInfo(timm_name=name, small_input=small, input_size=image_size, feature_dim=model.num_features)
+    info = BackboneInfo(timm_name=name, small_input=small, input_size=image_size, feature_dim=model.num_features,
+                        in_chans=in_chans)
     return model, info
 
 
@@ -98,31 +105,38 @@ def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path) -> Path:
-    """Write backbone.safetensors and backbone.json into `folder`, each atomically."""
+def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path, stem: str = "backbone") -> Path:
+    """Write <stem>.safetensors and <stem>.json (backbone.*, or a second tower's) into `folder`,
+    each atomically."""
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "backbone.safetensors"
+    weights = folder / f"{stem}.safetensors"
     atomic_write(weights, save(timm_state_dict(model), metadata={"timm_name": info.timm_name}))
-    atomic_write(folder / "backbone.json", (json.dumps(asdict(info), indent=2) + "\n").encode())
+    atomic_write(folder / f"{stem}.json", (json.dumps(asdict(info), indent=2) + "\n").encode())
     return weights
 
 
-def read_weights(spec: str) -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
-    """The weights and backbone.json of a run folder or a backbone.safetensors file."""
+def read_weights(spec: str, tower: str = "vision") -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
+    """The weights and json of a run folder's backbone (or audio tower), or of a .safetensors file."""
     path = Path(spec)
     if not path.exists():
         raise UserError(
             f"model '{spec}' does not exist; give a run folder from `sslcli pretrain`, "
             f"a backbone.safetensors file, or random:TIMM_NAME"
         )
-    weights = path / "backbone.safetensors" if path.is_dir() else path
-    meta = weights.with_name("backbone.json")
+    stem = "audio_backbone" if tower == "audio" else "backbone"
+    weights = path / f"{stem}.safetensors" if path.is_dir() else path
+    meta = weights.with_suffix(".json")  # audio_backbone.json beside audio_backbone.safetensors
+    if not meta.is_file():
+        meta = weights.with_name("backbone.json")
+    if not weights.is_file() and tower == "audio":
+        raise UserError(f"'{path}' holds no audio_backbone.safetensors: only audio-visual runs have an audio tower; "
+                        f"use --tower vision")
     if not weights.is_file():
         raise UserError(f"'{path}' holds no backbone.safetensors; is it a finished or checkpointed pretrain run?")
     if not meta.is_file():
-        raise UserError(f"'{meta}' is missing; it is written beside backbone.safetensors and records the architecture")
+        raise UserError(f"'{meta}' is missing; it is written beside {weights.name} and records the architecture")
     try:
         info = BackboneInfo(**json.loads(meta.read_text()))
     except (ValueError, TypeError) as exc:
@@ -160,8 +174,9 @@ def load_weights_into(model: nn.Module, info: BackboneInfo, spec: str) -> Backbo
     return saved
 
 
-def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, BackboneInfo]:
-    """MODEL as the commands take it: a run folder, a backbone.safetensors file, or random:TIMM_NAME.
+def load_model(spec: str, image_size: int | None = None, tower: str = "vision") -> tuple[nn.Module, BackboneInfo]:
+    """MODEL as the commands take it: a run folder, a backbone.safetensors file, or random:TIMM_NAME;
+    `tower="audio"`: an audio-visual run's audio tower (random: one with one input channel).
 
     `image_size` is used for `random:` models (whose stem depends on it)."""
     if spec.startswith("random:"):
@@ -170,8 +185,10 @@ def load_model(spec: str, image_size: int | None = None) -> tuple[nn.Module, Bac
             raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
         with torch.random.fork_rng():  # the same floor every time, global RNG untouched
             torch.manual_seed(0)
+            if tower == "audio":
+                return create_backbone(name, False, image_size or 224, in_chans=1)
             return create_backbone(name, "auto", image_size or 224)
-    state, info, weights = read_weights(spec)
-    model, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
+    state, info, weights = read_weights(spec, tower)
+    model, _ = create_backbone(info.timm_name, info.small_input, info.input_size, in_chans=info.in_chans)
     _load_state(model, state, weights, info.timm_name)
     return model, info

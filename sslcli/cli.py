@@ -140,6 +140,7 @@ def pretrain(
 DEVICE_HELP = "auto, cpu or cuda."
 FRAMES_HELP = "Clips: evenly spaced frames whose features are averaged. Default: the run's data.eval_frames, else 8."
 DATA_ROOT_HELP = "Folder holding the torchvision set named by --data (cifar10, cifar100, stl10). Default: the run's data.root."
+TOWER_HELP = "vision (the backbone), or audio: an audio-visual run's audio tower, hearing each clip's sound."
 EVAL_DATA_HELP = DATA_HELP + " Default: the run's own data, else synthetic:shapes (stderr says which)."
 
 
@@ -149,6 +150,7 @@ def knn(
     data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
+    tower: str = typer.Option("vision", "--tower", help=TOWER_HELP),
     k: str = typer.Option("20", "--k", help="Neighbours that vote; a list such as 10,20,50 sweeps in one feature pass."),
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="Vote weight exp(similarity / T)."),
     layer: str = typer.Option("last", "--layer", help="last (the pooled output) or a layer name such as layer3."),
@@ -164,7 +166,7 @@ def knn(
 
     choice = choose_data(model, data, data_root)
     result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device,
-                     frames=frames)
+                     frames=frames, tower=tower)
     if not as_json:
         rows = result.get("sweep", [result])
         _table(f"kNN  {model} on {choice.source}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
@@ -178,6 +180,7 @@ def probe(
     data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
+    tower: str = typer.Option("vision", "--tower", help=TOWER_HELP),
     layers: str = typer.Option("last", "--layers", help="last, all, or names as timm reports them: stem,layer1,...,layer4."),
     epochs: int = typer.Option(100, "--epochs", min=1, help="Epochs of each linear classifier on the cached features."),
     lr: float = typer.Option(1e-3, "--lr", min=0, help="AdamW learning rate (features are standardised)."),
@@ -198,7 +201,7 @@ def probe(
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot '{plot}' must end in .png")
     result = run_probe(model, choice, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                       batch_size=batch_size, device=device, frames=frames)
+                       batch_size=batch_size, device=device, frames=frames, tower=tower)
     if plot is not None:
         from .evaluation.plots import plot_probe
 
@@ -288,6 +291,7 @@ def visualize_neighbours(
     data: Optional[str] = typer.Option(None, "--data", "-d", help=EVAL_DATA_HELP),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
+    tower: str = typer.Option("vision", "--tower", help=TOWER_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="The PNG file to write."),
     queries: int = typer.Option(8, "--queries", min=1, help="Random val images to query (by --seed)."),
     query: List[str] = typer.Option([], "--query", help="An image file to query instead (repeatable)."),
@@ -305,7 +309,7 @@ def visualize_neighbours(
 
     choice = choose_data(model, data, data_root)
     result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device,
-                            frames=frames)
+                            frames=frames, tower=tower)
     if not as_json:
         _stderr().print(f"wrote {result['out']} ({result['queries']} queries x {k} neighbours; "
                         f"{result['same_class_fraction']:.0%} of neighbours share the query's class)")

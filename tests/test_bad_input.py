@@ -55,6 +55,16 @@ def _short_clips(root: Path) -> Path:
     return root
 
 
+def _mute_clips(root: Path) -> Path:
+    import numpy as np
+
+    from sslcli.data.media import write_clip
+
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        write_clip(root / name, np.zeros((24, 16, 16, 3), np.uint8), 8)  # 3 s, no audio stream
+    return root
+
+
 def _recipe_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -94,6 +104,7 @@ class Workspace:
             "NOT_WRITABLE": lambda: Path("/proc/sslcli-test/run"),
             "NOCLIPS": lambda: _unreadable_clips(r / "noclips"),
             "SHORTCLIPS": lambda: _short_clips(r / "shortclips"),
+            "MUTECLIPS": lambda: _mute_clips(r / "muteclips"),
         }
         return str(makers[name]())
 
@@ -146,6 +157,15 @@ CASES = [
     ("time-contrastive views for a one-view method", [*P, "--method", "rotation", "--data", "synthetic:moving-shapes",
                                                       "--set", "data.synthetic_train=40", "--set", "augment.time_window=1"],
      "'rotation' makes no pair of views"),
+    # sound
+    ("sound method on clips without sound", [*P, "--method", "audio-visual", "--data", "{MUTECLIPS}", "--batch-size", "2",
+                                             "--set", "data.clip_frames=4"], "none of the 3 training clips"),
+    ("sound method on an image folder", [*P, "--method", "audio-visual", "--data", "{FLAT}"], "holds images, not clips"),
+    ("audio tower of a run without one", ["knn", "{RUN}", "--tower", "audio"], "only audio-visual runs have an audio tower"),
+    ("unknown tower", ["knn", "random:resnet18", "--tower", "smell"], "--tower 'smell' is unknown"),
+    ("hard negatives farther apart than an item", [*P, "--method", "audio-visual", "--set", "data.synthetic_train=40",
+                                                   "--set", "method.hard_negative_share=0.5"], "raise data.clip_frames"),
+    ("bad spectrogram settings", [*P, "--method", "audio-visual", "--set", "method.window=1024"], "method.window=1024"),
     ("kNN on an unlabelled folder of clips", ["knn", "random:resnet18", "--data", "{SHORTCLIPS}"],
      "knn needs labelled train and val splits"),
     ("knn on unlabelled data", ["knn", "random:resnet18", "--data", "{FLAT}"], "needs labelled"),

@@ -4,7 +4,8 @@
 Which frames a clip item holds is a `FramePlan`: in training a window of `data.clip_frames`
 consecutive frames at a start drawn from (seed, epoch, clip), so a resumed run sees the same
 frames; in evaluation `frames` evenly spaced over the whole clip. A batch of clips is a
-(B, T, 3, S, S) uint8 tensor.
+(B, T, 3, S, S) uint8 tensor. A split read with sound (`with_sound`) also gives, for each frame,
+the `SoundPlan.seconds` of sound around it: (B, T, samples) float32.
 """
 
 from __future__ import annotations
@@ -47,11 +48,38 @@ class FramePlan:
         return list(range(start, start + self.count))
 
 
+@dataclass(frozen=True)
+class SoundPlan:
+    """How a clip is heard: mono at `rate` Hz, `seconds` of sound around each frame."""
+
+    rate: int = 16000
+    seconds: float = 1.0
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.rate * self.seconds))
+
+
+def sound_windows(wave: np.ndarray, positions: list[int], fps: float, plan: SoundPlan) -> torch.Tensor:
+    """(len(positions), samples) float32: for each frame (its index at `fps`) the `plan.seconds`
+    of `wave` centred on the frame's middle, moved inside the soundtrack near its ends (so a
+    window never says where in the clip it is by its silence), zero-filled past a short one."""
+    n = plan.samples
+    out = np.zeros((len(positions), n), dtype=np.float32)
+    for row, p in enumerate(positions):
+        start = int(round((p + 0.5) / fps * plan.rate - n / 2))
+        start = max(0, min(start, len(wave) - n))
+        piece = wave[start:start + n]
+        out[row, :len(piece)] = piece
+    return torch.from_numpy(out)
+
+
 @dataclass
 class ClipSplit(LabelledItems):
     """One split of clips: frames in memory (`frames`, all clips end to end, with `offsets`) or
     decoded on demand from `paths` (video files or frame folders). `lengths` counts each clip's
-    frames at `fps`; `audio` holds float32 mono soundtracks where the source has them."""
+    frames at `fps`; `audio` holds float32 mono soundtracks (at `audio_rate`) where they are in
+    memory, `has_audio` says which clips have an audio stream (None: not known)."""
 
     labels: torch.Tensor
     lengths: torch.Tensor
@@ -64,6 +92,8 @@ class ClipSplit(LabelledItems):
     audio: Optional[list[np.ndarray]] = None
     audio_rate: int = 0
     bad: Optional[BadImages] = field(default=None, repr=False)
+    has_audio: Optional[torch.Tensor] = None
+    sound: Optional[SoundPlan] = None
     kind = "video"
 
     @property
@@ -85,15 +115,27 @@ class ClipSplit(LabelledItems):
     def take(self, idx: torch.Tensor) -> Batch:
         rows = [int(self.offsets[i]) + p for i in idx.tolist() for p in self._positions(i)]
         clips = self.frames[torch.tensor(rows, dtype=torch.long)].view(len(idx), self.plan.count, *self.frames.shape[1:])
-        return clips, self.labels[idx], idx
+        audio = None
+        if self.sound is not None:
+            audio = torch.stack([sound_windows(self.audio[i], self._positions(i), self.fps, self.sound)
+                                 for i in idx.tolist()])
+        return Batch(clips, self.labels[idx], idx, audio)
 
     def read(self, index: int) -> tuple[Optional[torch.Tensor], int, int, str]:
-        """(T x 3 x S x S frames or None, label, index, why it failed): safe in DataLoader workers."""
+        """(T x 3 x S x S frames or None, label, index, why it failed): safe in DataLoader workers.
+        Read with sound, the first element is (frames, T x samples audio)."""
         if self.in_memory:
-            clips, _, _ = self.take(torch.tensor([index]))
-            return clips[0], int(self.labels[index]), index, ""
-        frames, reason = decode_clip(self.paths[index], self.size, self.fps, self._positions(index))
-        return frames, int(self.labels[index]), index, reason
+            batch = self.take(torch.tensor([index]))
+            item = batch.images[0] if batch.audio is None else (batch.images[0], batch.audio[0])
+            return item, int(self.labels[index]), index, ""
+        positions = self._positions(index)
+        frames, reason = decode_clip(self.paths[index], self.size, self.fps, positions)
+        if frames is None or self.sound is None:
+            return frames, int(self.labels[index]), index, reason
+        wave, reason = decode_audio(self.paths[index], self.sound.rate)
+        if wave is None:
+            return None, int(self.labels[index]), index, reason
+        return (frames, sound_windows(wave, positions, self.fps, self.sound)), int(self.labels[index]), index, ""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """The clip's middle frame and its label (what a picture of the clip shows)."""
@@ -101,12 +143,13 @@ class ClipSplit(LabelledItems):
 
     def stills(self, indices: list[int]) -> list[Optional[torch.Tensor]]:
         """Each clip's middle frame."""
-        middle = replace(self, plan=FramePlan(1, "spread"))
+        middle = replace(self, plan=FramePlan(1, "spread"), sound=None)
         return [None if (item := middle.read(i)[0]) is None else item[0] for i in indices]
 
     def subset(self, indices: torch.Tensor) -> "ClipSplit":
         pick = indices.tolist()
         kept = dict(labels=self.labels[indices], lengths=self.lengths[indices],
+                    has_audio=None if self.has_audio is None else self.has_audio[indices],
                     paths=None if self.paths is None else [self.paths[i] for i in pick],
                     audio=None if self.audio is None else [self.audio[i] for i in pick])
         if self.frames is None:
@@ -138,7 +181,33 @@ class ClipSplit(LabelledItems):
         return replace(self, labels=self.labels[keep], lengths=lengths, paths=[self.paths[i] for i in keep],
                        frames=torch.cat([results[i][0] for i in keep]),
                        offsets=torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), lengths]), 0)[:-1],
-                       audio=None if self.audio is None else [self.audio[i] for i in keep])
+                       audio=None if self.audio is None else [self.audio[i] for i in keep],
+                       has_audio=None if self.has_audio is None else self.has_audio[keep])
+
+    def with_sound(self, plan: SoundPlan, workers: int = 0) -> "ClipSplit":
+        """The split read with sound: each item also carries the audio around its frames. Clips
+        without an audio stream are left out and listed as skipped; soundtracks are held in memory
+        at `plan.rate` when the frames are, else decoded with them."""
+        split = self
+        if self.has_audio is not None and not bool(self.has_audio.all()):
+            for i in torch.nonzero(~self.has_audio).flatten().tolist():
+                self.bad.skip(self.path(i), "no audio stream")
+            split = self.subset(torch.nonzero(self.has_audio).flatten())
+        if split.audio is not None:
+            audio = [media.resample(wave, split.audio_rate, plan.rate) for wave in split.audio]
+        elif split.in_memory and len(split):
+            with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
+                results = list(pool.map(lambda path: decode_audio(path, plan.rate), split.paths))
+            for path, (wave, reason) in zip(split.paths, results):
+                if wave is None:
+                    self.bad.add(path, reason)
+            keep = [i for i, (wave, _) in enumerate(results) if wave is not None]
+            if len(keep) < len(split):
+                split = split.subset(torch.tensor(keep, dtype=torch.long))
+            audio = [results[i][0] for i in keep]
+        else:
+            audio = None
+        return replace(split, sound=plan, audio=audio, audio_rate=plan.rate if audio is not None else 0)
 
 
 def decode_clip(path: Path, size: int, fps: float, positions: list[int]) -> tuple[Optional[torch.Tensor], str]:
@@ -154,6 +223,18 @@ def decode_clip(path: Path, size: int, fps: float, positions: list[int]) -> tupl
     except UserError:
         raise
     except Exception as exc:  # PyAV and PIL raise many types for damaged files
+        return None, first_line(exc)
+
+
+def decode_audio(path: Path, rate: int) -> tuple[Optional[np.ndarray], str]:
+    """A clip's soundtrack at `rate` Hz, or (None, why); a frame folder has no sound."""
+    if path.is_dir():
+        return None, "a folder of frames has no sound"
+    try:
+        return media.read_audio(path, rate), ""
+    except UserError:
+        raise
+    except Exception as exc:  # PyAV raises many types for damaged streams
         return None, first_line(exc)
 
 

@@ -88,7 +88,7 @@ class Split(LabelledItems):
 
     def take(self, idx: torch.Tensor) -> "Batch":
         """The batch of items `idx` of an in-memory split: (uint8 images, labels, idx)."""
-        return self.images[idx], self.labels[idx], idx
+        return Batch(self.images[idx], self.labels[idx], idx)
 
     def stills(self, indices: list[int]) -> list[Optional[torch.Tensor]]:
         """One 3xSxS uint8 picture per item (None where it cannot be decoded)."""
@@ -156,15 +156,32 @@ class Split(LabelledItems):
             self.bad.add(path, reason)
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+@dataclass
+class Batch:
+    """A batch as the data gives it: uint8 images (B, 3, S, S) or clips (B, T, 3, S, S), labels,
+    the items' indices in their split, and for clips read with sound the audio around each frame
+    (B, T, samples) float32. Unpacks as (images, labels, indices)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    audio: Optional[torch.Tensor] = None
+
+    def __iter__(self):
+        return iter((self.images, self.labels, self.indices))
 
 
-def _collate(items: list[tuple[Optional[torch.Tensor], int, int, str]]) -> tuple[Batch, list[tuple[int, str]]]:
+def _collate(items: list[tuple]) -> tuple[Batch, list[tuple[int, str]]]:
+    """Stack the decoded items of a batch (an item's first element is its image, or its frames and
+    audio); the failed ones come back as (index, why)."""
     good = [item for item in items if item[0] is not None]
-    images = torch.stack([item[0] for item in good]) if good else torch.zeros(0, dtype=torch.uint8)
+    sound = bool(good) and isinstance(good[0][0], tuple)
+    pictures = [item[0][0] if sound else item[0] for item in good]
+    images = torch.stack(pictures) if good else torch.zeros(0, dtype=torch.uint8)
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     index = torch.tensor([item[2] for item in good], dtype=torch.long)
-    return (images, labels, index), [(item[2], item[3]) for item in items if item[0] is None]
+    audio = torch.stack([item[0][1] for item in good]) if sound else None
+    return Batch(images, labels, index, audio), [(item[2], item[3]) for item in items if item[0] is None]
 
 
 def load_batches(split: Split, batches: list[torch.Tensor], workers: int = 0) -> Iterator[Batch]:

@@ -134,21 +134,51 @@ def read_frames(path: Path, times: list[float]) -> list[np.ndarray]:
     return out  # type: ignore[return-value]
 
 
+AAC_PRIMING = 1024  # samples an AAC encoder puts before the sound; MP4/MOV/MKV say so, AVI cannot
+
+
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """The first audio stream as float32 mono at `sample_rate` Hz; an empty array without sound."""
+    """The first audio stream as float32 mono at `sample_rate` Hz, sample 0 at the first video
+    frame's time; an empty array without sound. The AAC encoder's start padding is dropped: MP4,
+    MOV and MKV record it (FFmpeg trims it), AVI cannot, so there the 1024 priming samples are cut."""
     av = require_av()
     with av.open(str(path)) as container:
         if not container.streams.audio:
             return np.zeros(0, dtype=np.float32)
         stream = container.streams.audio[0]
+        video = container.streams.video[0] if container.streams.video else None
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        parts = []
+        parts, start = [], None
         for frame in container.decode(stream):
+            if start is None:
+                start = frame.time or 0.0
             for out in resampler.resample(frame):
                 parts.append(out.to_ndarray().reshape(-1))
         for out in resampler.resample(None):
             parts.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
+        wave = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
+        video_start = float(video.start_time * video.time_base) if video is not None and video.start_time else 0.0
+        shift = (start or 0.0) - video_start  # seconds the sound starts after the first frame
+        if stream.codec_context.name == "aac" and container.format.name == "avi":
+            shift -= AAC_PRIMING / float(stream.rate or sample_rate)
+    lead = int(round(shift * sample_rate))
+    if lead > 0:
+        return np.concatenate([np.zeros(lead, dtype=np.float32), wave])
+    return wave[-lead:]
+
+
+def resample(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """Float32 mono `wave` at `rate` Hz resampled to `sample_rate` Hz (FFmpeg's resampler)."""
+    if rate == sample_rate or not len(wave):
+        return np.asarray(wave, dtype=np.float32)
+    av = require_av()
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave, dtype=np.float32).reshape(1, -1), format="flt",
+                                       layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    parts = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+    parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32)
 
 
 def write_clip(path: Path, frames: np.ndarray, fps: float, audio: Optional[np.ndarray] = None,

@@ -4,8 +4,8 @@ random paths, generated procedurally, with a soundtrack.
 Each clip shows one shape (its class) over a textured background. The shape moves on a path
 that turns smoothly, turns and grows or shrinks a little as it goes, and holds still for
 stretches between moves, so frame order can be read from motion only part of the time. The
-sound depends on what is seen: each class hums at its own pitch and timbre, louder the faster
-the shape moves. Deterministic for a (seed, split) pair.
+sound depends partly on what is seen: each class sounds at its own pitch and timbre, louder the
+faster the shape moves, over ambient hums that come and go, unrelated to anything seen. Deterministic for a (seed, split) pair.
 """
 
 from __future__ import annotations
@@ -67,17 +67,30 @@ def _path(rng: np.random.Generator, frames: int, extent: float) -> dict[str, np.
 
 def _soundtrack(rng: np.random.Generator, label: int, speed: np.ndarray, fps: float, rate: int) -> np.ndarray:
     """The class's tone (its pitch; odd classes with odd harmonics only, a hollower timbre),
-    loudness following the shape's speed frame by frame."""
+    loudness following the shape's speed frame by frame, over ambient hums that change every
+    0.5-1 s (pitch and timbre drawn anywhere in the classes' range, unrelated to what is seen:
+    no frame can predict them, so they teach nothing but hide the class from a random ear)."""
     n = int(round(len(speed) / fps * rate))
     t = np.arange(n, dtype=np.float64) / rate
-    pitch = PITCHES[label] * rng.uniform(0.99, 1.01)
-    harmonics = [1, 3, 5] if label % 2 else [1, 2, 3]
-    phase = rng.uniform(0, 2 * np.pi)
-    tone = sum(np.sin(2 * np.pi * pitch * h * t + phase) / h for h in harmonics)
+
+    def tone(pitch: float, odd: bool) -> np.ndarray:
+        harmonics = [1, 3, 5] if odd else [1, 2, 3]
+        phase = rng.uniform(0, 2 * np.pi)
+        return sum(np.sin(2 * np.pi * pitch * h * t + phase) / h for h in harmonics) / 1.8
+
+    shape_tone = tone(PITCHES[label] * rng.uniform(0.99, 1.01), bool(label % 2))
+    hum = np.zeros(n)
+    start = 0
+    while start < n:  # ambient sounds come and go, every 0.5-1 s a new one, faded in and out over 20 ms
+        stop = min(n, start + int(rng.uniform(0.5, 1.0) * rate))
+        fade = np.minimum(1.0, np.minimum(t[start:stop] - t[start], t[stop - 1] - t[start:stop]) / 0.02)
+        pitch = PITCHES[0] * 2 ** rng.uniform(-0.25, 2.25)  # anywhere in the classes' two octaves and beyond
+        hum[start:stop] = tone(pitch, bool(rng.random() < 0.5))[start:stop] * fade * rng.uniform(0.6, 1.2)
+        start = stop
     frame_times = (np.arange(len(speed)) + 0.5) / fps
-    loudness = 0.05 + 0.6 * np.interp(t, frame_times, speed / max(float(speed.max()), 1e-6))
-    noise = rng.normal(0, 0.01, n)
-    return (0.5 * loudness * tone / 1.8 + noise).astype(np.float32)
+    loudness = 0.3 + 0.5 * np.interp(t, frame_times, speed / max(float(speed.max()), 1e-6))
+    noise = rng.normal(0, rng.uniform(0.005, 0.03), n)
+    return (0.4 * (loudness * shape_tone + hum) + noise).astype(np.float32)
 
 
 def render_clip(rng: np.random.Generator, label: int, size: int = NATIVE_SIZE, fps: float = FPS,

@@ -8,7 +8,7 @@ Images: `synthetic:shapes`, image folders, `cifar10`, `cifar100`, `stl10`. Clips
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..files import cache_dir
-from .clips import ClipSplit, FramePlan, index_clips
+from .clips import ClipSplit, FramePlan, SoundPlan, index_clips
 from .damaged import BadImages, _warn
 from .folders import frame_files, holds_video, read_layout
 from .images import DECODE_SAMPLE, Split
@@ -147,7 +147,7 @@ def _clip_folder(root: Path, image_size: int | str, seed: int, clips: ClipSettin
     bad.noun, bad.total = "clip", len(layout.train) + len(layout.val)
     splits, size, failures = [], None, []
     for items, labels in ((layout.train, layout.train_labels), (layout.val, layout.val_labels)):
-        keep, lengths = [], []
+        keep, lengths, sounds = [], [], []
         for i, entry in enumerate(index_clips(root, items, clips.fps)):
             if "error" in entry:
                 failures.append((items[i], entry["error"], True))
@@ -163,9 +163,11 @@ def _clip_folder(root: Path, image_size: int | str, seed: int, clips: ClipSettin
                 size = min(info["width"], info["height"], NATIVE_MAX)
             keep.append(i)
             lengths.append(frames)
+            sounds.append(info.get("audio_rate", 0) > 0)
         splits.append(ClipSplit(labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
                                 lengths=torch.tensor(lengths, dtype=torch.long), size=0, fps=clips.fps,
-                                plan=FramePlan(clips.clip_frames), paths=[items[i] for i in keep], bad=bad))
+                                plan=FramePlan(clips.clip_frames), paths=[items[i] for i in keep], bad=bad,
+                                has_audio=torch.tensor(sounds, dtype=torch.bool)))
     train, val = splits
     damaged = [(path, reason) for path, reason, counted in failures if counted]
     if len(damaged) > bad.max_fraction * bad.total:
@@ -266,3 +268,20 @@ def open_source(
 
 def _count(value: int | str, default: int) -> int:
     return default if value == "auto" else int(value)
+
+
+def hear(ds: DataSource, plan: SoundPlan, who: str) -> DataSource:
+    """`ds` with its clips read with sound (see `ClipSplit.with_sound`); clips without an audio
+    stream are listed as skipped, and data with no clip that has one is refused, naming `who`
+    needs it."""
+    if ds.kind != "video":
+        raise UserError(f"{who} learns from the sound of video clips, but '{ds.name}' holds {ds.kind}; give a folder "
+                        f"of video files with sound, or synthetic:moving-shapes")
+    known = ds.train.has_audio
+    train = ds.train.with_sound(plan) if known is None or bool(known.any()) else ds.train.subset(torch.tensor([], dtype=torch.long))
+    if not len(train):  # refused before any clip is reported skipped: one line
+        raise UserError(f"{who} learns from sound, but none of the {len(ds.train)} training clips of '{ds.name}' has "
+                        f"an audio stream; give video files with a soundtrack")
+    val = ds.val.with_sound(plan) if ds.val is not None else None
+    return replace(ds, train=train, val=val if val is not None and len(val) else None)
+

@@ -82,3 +82,16 @@ def check_resumable(ckpt: dict, r: Recipe) -> None:
             f"--resume: the recipe differs from the run's in {', '.join(conflicts[:3])}{more}; a resumed run may "
             f"only change {', '.join(sorted(RESUMABLE_CHANGES))}: drop the other changes or start a new run"
         )
+
+
+def save_weights(method: nn.Module, info, epoch: int, out: Path) -> None:
+    """backbone.safetensors/.json, and each further tower the method keeps (an audio tower) as
+    <name>.safetensors/.json beside it."""
+    from dataclasses import replace
+
+    from ..backbones import save_backbone
+
+    save_backbone(method.backbone, replace(info, epoch=epoch), out)
+    for stem, (tower, tower_info) in method.towers().items():
+        save_backbone(tower, replace(tower_info, epoch=epoch, method=info.method), out, stem)
+

@@ -16,9 +16,9 @@ from typing import Optional
 import torch
 from rich.console import Console
 
-from ..backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into, save_backbone
+from ..backbones import BackboneInfo, check_backbone_name, create_backbone, load_weights_into
 from ..data.images import Split, balanced_fraction
-from ..data.sources import ClipSettings, DataSource, open_source
+from ..data.sources import ClipSettings, DataSource, hear, open_source
 from ..device import autocast, autocast_dtype, peak_memory_mb, select_device
 from ..errors import UserError, last_line, plugin_fault, plugin_guard
 from ..files import atomic_write, remove_stale_tmp
@@ -26,9 +26,10 @@ from ..methods.base import Method
 from ..recipe import Recipe
 from ..registry import get_method
 from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, check_resumable, checkpoint_bytes, existing_ancestor,
-                          kept_message, load_checkpoint, megabytes)
+                          kept_message, load_checkpoint, megabytes, save_weights)
 from .optim import build_optimizer, lr_factor
 from .order import epoch_order, iterate_batches
+from .views import channels_last, extras
 from .records import log_record, plot, progress_bar, trim_metrics, visualize, write_skipped
 
 
@@ -73,6 +74,9 @@ class Trainer:
             clips=ClipSettings(d.fps, d.clip_frames, d.max_clip_seconds, min_frames=d.clip_frames),
         )
         method_cls.check_data(ds, self.recipe)
+        sound = method_cls.sound_plan(self.recipe)
+        if sound is not None:
+            ds = hear(ds, sound, method_cls.name)
         if d.fraction < 1:
             if not ds.train.labelled:
                 raise UserError(f"data.fraction needs labels to balance classes, but '{d.source}' is unlabelled")
@@ -131,12 +135,14 @@ class Trainer:
         shape = (2, self.recipe.data.clip_frames, 3, size, size) if ds.kind == "video" else (2, 3, size, size)
         images = torch.randint(0, 256, shape, generator=gen, device=self.device, dtype=torch.uint8)
         labels = torch.zeros(2, dtype=torch.long, device=self.device) if method.uses_labels else None
+        sound = type(method).sound_plan(self.recipe)
         buffers = {name: b.clone() for name, b in method.named_buffers()}
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(self.device, self.dtype):
                 method.eval()
-                method.training_step(method.batch_views(images, gen, labels, **_indices(method, torch.arange(2))))
+                audio = torch.randn(2, shape[1], sound.samples, generator=gen, device=self.device) if sound else None
+                method.training_step(method.batch_views(images, gen, labels, **extras(method, torch.arange(2), audio)))
         except UserError:
             raise
         except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
@@ -229,7 +235,7 @@ class Trainer:
             self.console.print(f"resuming from epoch {start_epoch}, step {global_step}")
             # a kill between writing last.pt and the backbone leaves the backbone a save behind, and a
             # run resumed at its very end trains no step that would write it again
-            save_backbone(method.backbone, replace(info, epoch=start_epoch), self.out)
+            save_weights(method, info, start_epoch, self.out)
         elif resume:
             self.console.print("no checkpoint was written before the run stopped; starting from the beginning")
         self.resume_state = None  # the optimiser state now lives in the optimiser
@@ -263,7 +269,7 @@ class Trainer:
             atomic_torch_save(state, ckpt_dir / "last.pt")
             if step_in_epoch == 0 and r.train.keep_every and epoch % r.train.keep_every == 0:
                 atomic_torch_save(state, ckpt_dir / f"epoch-{epoch}.pt")
-            save_backbone(method.backbone, replace(info, epoch=epoch), self.out)
+            save_weights(method, info, epoch, self.out)
 
         metrics_file = open(self.out / "metrics.jsonl", "a")
         progress = progress_bar(self.console)
@@ -283,14 +289,15 @@ class Trainer:
                     first = start_step if epoch == start_epoch else 0
                     split = ds.train.for_epoch(r.train.seed, epoch)  # clips: this epoch's frame windows
                     batches = iterate_batches(split, order, r.train.batch_size, first, workers)
-                    for step, (images, labels, indices) in enumerate(batches, first):
+                    for step, batch in enumerate(batches, first):
+                        images = batch.images
                         if ds.bad is not None and len(ds.bad) != bad_seen:
                             bad_seen = len(ds.bad)
                             write_skipped(self.out, self.data.bad if self.data is not None else None)
                         if images.shape[0] < 2:  # every image of this batch was undecodable
                             continue
                         t0 = time.time()
-                        loss, metrics = self._step(method, images, labels, indices, aug_gen, optimizer, scaler)
+                        loss, metrics = self._step(method, batch, aug_gen, optimizer, scaler)
                         if not math.isfinite(loss):
                             raise TrainingError(
                                 f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; {kept_message(ckpt_dir)}; "
@@ -361,12 +368,13 @@ class Trainer:
         finally:
             method.train()
 
-    def _step(self, method: Method, images, labels, indices, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
-        images = images.to(self.device, non_blocking=True)
-        views = method.batch_views(images, gen, labels.to(self.device) if method.uses_labels else None,
-                                   **_indices(method, indices.to(self.device)))
+    def _step(self, method: Method, batch, gen, optimizer, scaler) -> tuple[float, dict[str, float]]:
+        images = batch.images.to(self.device, non_blocking=True)
+        audio = batch.audio.to(self.device, non_blocking=True) if batch.audio is not None else None
+        views = method.batch_views(images, gen, batch.labels.to(self.device) if method.uses_labels else None,
+                                   **extras(method, batch.indices.to(self.device), audio))
         if self.recipe.train.channels_last:
-            views = _channels_last(views)
+            views = channels_last(views)
         with autocast(self.device, self.dtype):
             loss, metrics = method.training_step(views)
         optimizer.zero_grad(set_to_none=True)
@@ -380,17 +388,3 @@ class Trainer:
         if w != "auto":
             return int(w)
         return 0 if split.in_memory else min(4, max(1, (os.cpu_count() or 2) - 1))
-
-def _indices(method: Method, indices: torch.Tensor) -> dict:
-    """The `indices` keyword for methods that keep per-image state (a memory bank), else nothing."""
-    return {"indices": indices} if method.uses_indices else {}
-
-
-def _channels_last(views):
-    if isinstance(views, torch.Tensor):
-        return views.contiguous(memory_format=torch.channels_last) if views.ndim == 4 else views
-    if isinstance(views, (list, tuple)):
-        return type(views)(_channels_last(v) for v in views)
-    if isinstance(views, dict):
-        return {k: _channels_last(v) for k, v in views.items()}
-    return views

@@ -85,6 +85,7 @@ def extract_features(
     normalize: bool = True,
     layers: list[Layer | None] | None = None,
     kept: list[torch.Tensor] | None = None,
+    front_end=None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Features of every decodable image (or clip) in `split`, in order, and its labels. A clip's
     feature is the mean of its frames' features (the frames its split's plan names).
@@ -92,7 +93,8 @@ def extract_features(
     Without `layers`: the pooled output (N x D float32 on CPU, L2-normalised by default).
     With `layers`: a dict from layer name ('last' for None) to N x D features, one forward pass.
     Items that cannot be decoded are left out; pass a list as `kept` to receive the indices
-    of the items that were used."""
+    of the items that were used. With a `front_end` (an audio tower), the model hears the sound
+    around each frame (the split must be read with sound) instead of seeing the frame."""
     if isinstance(model, nn.Module):  # a plain callable (e.g. a classifier's forward) is used as given
         model.eval().to(device)
     dtype = autocast_dtype(precision, device)
@@ -102,13 +104,18 @@ def extract_features(
     labels = []
     step = max(1, batch_size // (split.plan.count if split.kind == "video" else 1))  # clips: frames per batch
     chunks = [torch.arange(start, min(len(split), start + step)) for start in range(0, len(split), step)]
-    for images, batch_labels, idx in load_batches(split, chunks):
+    for batch in load_batches(split, chunks):
+        images, batch_labels, idx = batch
         if kept is not None:
             kept.append(idx)
         if not len(images):
             continue
         per_item = images.shape[1] if images.ndim == 5 else 1
-        x = eval_view(images.to(device).flatten(0, images.ndim - 4)).contiguous(memory_format=torch.channels_last)
+        if front_end is not None:
+            x = front_end(batch.audio.to(device).flatten(0, 1))
+        else:
+            x = eval_view(images.to(device).flatten(0, images.ndim - 4))
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             if indices:
                 final, maps = model.forward_intermediates(x, indices=indices)

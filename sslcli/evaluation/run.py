@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..backbones import BackboneInfo, load_model
 from ..data.images import Split, read_image
-from ..data.sources import ClipSettings, DataSource, open_source
+from ..data.clips import SoundPlan
+from ..data.sources import ClipSettings, DataSource, hear, open_source
+from ..data.spectrogram import FrontEnd
 from ..device import select_device
 from ..errors import UserError
 from .features import extract_features, select_layers
@@ -109,10 +111,13 @@ def _clip_settings(section: dict, frames: int | None) -> tuple[ClipSettings, int
 
 
 def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, need_labels: bool = True,
-                        frames: int | None = None) -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
+                        frames: int | None = None, tower: str = "vision") -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
     """The model and data for an evaluation; images at the size the model was trained at, clips
-    as `frames` evenly spaced frames each."""
+    as `frames` evenly spaced frames each. `tower="audio"`: an audio-visual run's audio tower
+    (its front-end settings in `info.front_end`), with the clips read with sound."""
     choice = _as_choice(data)
+    if tower not in ("vision", "audio"):
+        raise UserError(f"--tower '{tower}' is unknown; use vision or audio")
     size = "auto"
     if model_spec.startswith("random:"):  # refuse a bad name before the data is read
         from ..backbones import check_backbone_name
@@ -121,8 +126,10 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
             raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
         check_backbone_name(model_spec[len("random:"):])
     else:
-        model, info = load_model(model_spec)
+        model, info = load_model(model_spec, tower=tower)
         size = info.input_size
+        if tower == "audio":
+            size = _vision_size(model_spec)
     section = _run_data_section(model_spec)[0]
     bad = section.get("max_bad_fraction")  # a run's own tolerance for damaged images
     clips, frames, kind = _clip_settings(section, frames)
@@ -132,7 +139,12 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
     ds.train = ds.train.for_eval(frames)
     ds.val = ds.val.for_eval(frames) if ds.val is not None else None
     if model_spec.startswith("random:"):
-        model, info = load_model(model_spec, ds.image_size)
+        model, info = load_model(model_spec, ds.image_size, tower)
+        if tower == "audio":
+            info = replace(info, front_end=FrontEnd().to_dict())
+    if tower == "audio":
+        front_end = FrontEnd.from_dict(info.front_end)
+        ds = hear(ds, SoundPlan(front_end.sample_rate, front_end.seconds), f"{purpose} --tower audio")
     if need_labels and not ds.labelled:
         raise UserError(
             f"{purpose} needs labelled train and val splits, but '{choice.source}' has "
@@ -140,6 +152,21 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
             f"(optionally under train/ and val/)"
         )
     return model, info, ds
+
+
+def _vision_size(model_spec: str) -> int | str:
+    """The frame size of the run an audio tower comes from (its vision backbone's), else auto."""
+    from ..backbones import read_weights
+
+    try:
+        return read_weights(model_spec)[1].input_size
+    except UserError:
+        return "auto"
+
+
+def front_end_of(info: BackboneInfo):
+    """The spectrogram front end an audio tower hears through, or None for a vision backbone."""
+    return FrontEnd.from_dict(info.front_end) if info.front_end else None
 
 
 def parse_ks(text: str) -> list[int]:
@@ -154,21 +181,22 @@ def parse_ks(text: str) -> list[int]:
 
 def run_knn(model_spec: str, data: DataChoice | str, *, k: str | int = 20, temperature: float = 0.07,
             layer: str = "last", batch_size: int = 256, device: str = "auto", frames: int | None = None,
-            warn=None) -> dict:
+            warn=None, tower: str = "vision") -> dict:
     """Weighted kNN from train to val; several k values share one feature pass. A k larger than
     the training split is capped at its size, with one warning, and reported as used."""
     started = time.time()
     choice = _as_choice(data)
     asked = parse_ks(str(k))
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, choice, "knn", frames=frames)
+    model, info, ds = open_model_and_data(model_spec, choice, "knn", frames=frames, tower=tower)
     chosen = select_layers(model, layer)
     if len(chosen) != 1:
         raise UserError(f"--layer takes one layer, got '{layer}'; use `sslcli probe --layers` for several")
     layers = None if chosen[0] is None else chosen
     announce(choice, model_spec)  # every refusal is behind us: a refused command prints one line
-    train_f, train_y = _features(model, ds.train, dev, batch_size, layers)
-    val_f, val_y = _features(model, ds.val, dev, batch_size, layers)
+    hear_by = front_end_of(info)
+    train_f, train_y = _features(model, ds.train, dev, batch_size, layers, hear_by)
+    val_f, val_y = _features(model, ds.val, dev, batch_size, layers, hear_by)
     n_train = len(train_f)
     capped = sorted({kk for kk in asked if kk > n_train})
     if capped:
@@ -184,34 +212,35 @@ def run_knn(model_spec: str, data: DataChoice | str, *, k: str | int = 20, tempe
     result = {
         **sweep[0], "temperature": temperature, "layer": layer, "n_train": n_train, "n_val": len(val_f),
         "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "feature_dim": int(train_f.shape[1]),
-        "seconds": round(time.time() - started, 2),
+        "tower": tower, "seconds": round(time.time() - started, 2),
     }
     if len(asked) > 1:
         result["sweep"] = sweep
     return result
 
 
-def _features(model, split, device, batch_size, layers):
+def _features(model, split, device, batch_size, layers, front_end=None):
     if layers is None:
-        return extract_features(model, split, device, batch_size)
-    feats, labels = extract_features(model, split, device, batch_size, layers=layers)
+        return extract_features(model, split, device, batch_size, front_end=front_end)
+    feats, labels = extract_features(model, split, device, batch_size, layers=layers, front_end=front_end)
     return next(iter(feats.values())), labels
 
 
 def run_probe(model_spec: str, data: DataChoice | str, *, layers: str = "last", epochs: int = 100, lr: float = 1e-3,
               weight_decay: float = 1e-4, batch_size: int = 256, device: str = "auto", seed: int = 0,
-              frames: int | None = None) -> dict:
+              frames: int | None = None, tower: str = "vision") -> dict:
     """Linear probes on frozen features of each chosen layer; features extracted once."""
     from .probe import train_linear_probe
 
     started = time.time()
     choice = _as_choice(data)
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, choice, "probe", frames=frames)
+    model, info, ds = open_model_and_data(model_spec, choice, "probe", frames=frames, tower=tower)
     chosen = select_layers(model, layers)
     announce(choice, model_spec)
-    train_f, train_y = extract_features(model, ds.train, dev, 256, normalize=False, layers=chosen)
-    val_f, val_y = extract_features(model, ds.val, dev, 256, normalize=False, layers=chosen)
+    hear_by = front_end_of(info)
+    train_f, train_y = extract_features(model, ds.train, dev, 256, normalize=False, layers=chosen, front_end=hear_by)
+    val_f, val_y = extract_features(model, ds.val, dev, 256, normalize=False, layers=chosen, front_end=hear_by)
     extracted = time.time() - started
     rows = []
     for name in train_f:
@@ -220,7 +249,8 @@ def run_probe(model_spec: str, data: DataChoice | str, *, layers: str = "last", 
         rows.append({"layer": name, "dims": int(train_f[name].shape[1]),
                      **{k: round(v, 6) for k, v in acc.items()}})
     return {
-        "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "layers": rows, "epochs": epochs, "lr": lr,
+        "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "tower": tower, "layers": rows,
+        "epochs": epochs, "lr": lr,
         "weight_decay": weight_decay, "n_train": len(ds.train), "n_val": len(ds.val),
         "extract_seconds": round(extracted, 2), "seconds": round(time.time() - started, 2),
     }
@@ -237,8 +267,9 @@ def classifier_accuracy(method, split, device: torch.device, batch_size: int = 2
 
 def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, queries: int = 8, k: int = 8,
                    query_files: list[str] | None = None, seed: int = 0, device: str = "auto", cell: int = 96,
-                   frames: int | None = None) -> dict:
-    """A PNG grid of each query's nearest training images; queries are random val images or files."""
+                   frames: int | None = None, tower: str = "vision") -> dict:
+    """A PNG grid of each query's nearest training images; queries are random val images or files.
+    With `tower="audio"` clips are compared by their sound (and shown by their middle frame)."""
     from .neighbours import draw_grid, neighbour_rows
 
     if out.suffix.lower() != ".png":
@@ -247,7 +278,12 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
         raise UserError(f"--out folder '{out.parent}' does not exist; create it first")
     choice = _as_choice(data)
     dev = select_device(device)
-    model, info, ds = open_model_and_data(model_spec, choice, "visualize-neighbours", need_labels=False, frames=frames)
+    if query_files and tower == "audio":
+        raise UserError("--query takes image files, which have no sound; with --tower audio the queries are val clips: "
+                        "drop --query")
+    model, info, ds = open_model_and_data(model_spec, choice, "visualize-neighbours", need_labels=False, frames=frames,
+                                          tower=tower)
+    hear_by = front_end_of(info)
     if query_files:  # read before the long feature pass, so a bad file is refused at once
         images, labels = [], []
         for name in query_files:
@@ -270,9 +306,9 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
         q_labels = queried.labels
     announce(choice, model_spec)
     kept: list[torch.Tensor] = []
-    train_f, _ = extract_features(model, ds.train, dev, kept=kept)
+    train_f, _ = extract_features(model, ds.train, dev, kept=kept, front_end=hear_by)
     train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
-    q_f, _ = extract_features(model, queried, dev)
+    q_f, _ = extract_features(model, queried, dev, front_end=hear_by)
     rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
     tmp = out.with_name(out.name + ".tmp.png")

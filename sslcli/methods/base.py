@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn as nn
 
+from ..data.clips import SoundPlan
 from ..errors import UserError
 from ..recipe import MethodConfig, Recipe
 
@@ -56,6 +57,17 @@ class Method(nn.Module):
         if cls.uses_labels and not data.labelled:
             raise UserError(f"method '{cls.name}' trains with labels, but '{data.name}' is unlabelled; "
                             f"use a folder of class subfolders")
+
+    @classmethod
+    def sound_plan(cls, recipe: Recipe) -> Optional[SoundPlan]:
+        """How this method hears clips (rate, seconds of sound around a frame); None: it uses no
+        sound. A method with a plan gets `audio` (B, T, samples) in `make_views`."""
+        return None
+
+    def towers(self) -> dict[str, tuple[nn.Module, Any]]:
+        """Networks besides the backbone that the run folder keeps as weights of their own: file
+        stem -> (module, its BackboneInfo), e.g. an audio tower."""
+        return {}
 
     def setup(self, train: Any) -> None:
         """Called once before training with the training split (a `Split` of uint8 images), for

@@ -22,6 +22,7 @@ from ..data.augment import ViewAugment, eval_view, to_float
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
+from ._metrics import balanced_accuracy
 from .base import Method, StepOutput
 
 SCAN_CLIPS = 64  # training clips looked at before training for a window of motion
@@ -70,13 +71,6 @@ def sample_tuples(valid: torch.Tensor, window: int, negative_share: float, gen: 
     middle = torch.where(negative, torch.where(coin, a, e), c)
     first, last = torch.where(~negative & coin, d, b), torch.where(~negative & coin, b, d)
     return rows, torch.stack([first, middle, last], 1), (~negative).float()
-
-
-def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean of the accuracy on in-order and on shuffled tuples (the majority class alone: 0.5)."""
-    right = (logits > 0).float() == labels
-    parts = [right[labels == value].float().mean() for value in (0.0, 1.0) if (labels == value).any()]
-    return torch.stack(parts).mean() if parts else torch.zeros((), device=logits.device)
 
 
 @dataclass
