@@ -293,6 +293,8 @@ def visualize_neighbours(
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
     tower: str = typer.Option("vision", "--tower", help=TOWER_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="The PNG file to write."),
+    query_tower: Optional[str] = typer.Option(None, "--query-tower", help="audio: find frames by each query's sound "
+                                              "(an audio-visual run with method.fusion=distance). Default: --tower."),
     queries: int = typer.Option(8, "--queries", min=1, help="Random val images to query (by --seed)."),
     query: List[str] = typer.Option([], "--query", help="An image file to query instead (repeatable)."),
     k: int = typer.Option(8, "--k", min=1, help="Neighbours shown per query."),
@@ -309,7 +311,7 @@ def visualize_neighbours(
 
     choice = choose_data(model, data, data_root)
     result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device,
-                            frames=frames, tower=tower)
+                            frames=frames, tower=tower, query_tower=query_tower)
     if not as_json:
         _stderr().print(f"wrote {result['out']} ({result['queries']} queries x {k} neighbours; "
                         f"{result['same_class_fraction']:.0%} of neighbours share the query's class)")

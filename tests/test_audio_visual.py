@@ -204,3 +204,21 @@ def test_audio_visual_learns_which_sound_goes_with_a_frame(fusion):
     same_class_negatives = 0.1  # another clip of the same class sounds alike: the ceiling is 1 - 0.1 / 2
     accuracy = float(((logits > 0).float() == match).float().mean())
     assert accuracy > 0.8 * (1 - same_class_negatives / 2), accuracy
+
+
+@pytest.mark.slow
+def test_sound_finds_frames_in_a_distance_fusion_run_and_a_concat_run_is_refused(cli, av_run, tmp_path):
+    data, concat_run, _ = av_run
+    run = tmp_path / "distance"
+    r = cli("pretrain", "--method", "audio-visual", "--data", data, "--epochs", "1", "--batch-size", "8",
+            "--set", "data.image_size=32", "--set", "data.clip_frames=4", "--set", "method.fusion=distance",
+            "--set", "method.hop=320", "--set", "method.n_mels=32", "--set", "method.val_pairs=8",
+            "--set", "data.max_bad_fraction=0.1", "--out", run, "--json")
+    assert r.code == 0, r.err
+    v = cli("visualize-neighbours", run, "--query-tower", "audio", "--out", tmp_path / "x.png", "--queries", "3",
+            "--k", "4", "--frames", "2", "--json")
+    assert v.code == 0 and v.json["query_tower"] == "audio" and v.json["tower"] == "vision", v.err
+    assert (tmp_path / "x.png").is_file()
+    refused = cli("visualize-neighbours", concat_run, "--query-tower", "audio", "--out", tmp_path / "y.png")
+    assert refused.code == 2 and "method.fusion=distance" in refused.err and not (tmp_path / "y.png").exists()
+    assert len(refused.err.strip().splitlines()) == 1, refused.err

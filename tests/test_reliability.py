@@ -186,18 +186,18 @@ class _Killed(BaseException):
 def test_kill_between_checkpoint_and_backbone_then_resume_is_exact(cli, tmp_path, monkeypatch, straight):
     """A kill after the final last.pt is written but before backbone.safetensors is: --resume has
     no step left to train, and must still leave the backbone of the checkpoint it resumed."""
-    import sslcli.engine.trainer
+    import sslcli.engine.checkpoints
 
-    written = sslcli.engine.trainer.save_backbone
+    written = sslcli.engine.checkpoints.save_backbone
 
-    def killed_before_the_last_backbone(model, info, folder):
+    def killed_before_the_last_backbone(model, info, folder, stem="backbone"):
         if info.epoch == 3:
             raise _Killed
-        return written(model, info, folder)
+        return written(model, info, folder, stem)
 
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(sslcli.engine.trainer, "save_backbone", killed_before_the_last_backbone)
+        m.setattr(sslcli.engine.checkpoints, "save_backbone", killed_before_the_last_backbone)
         with pytest.raises(_Killed):
             cli(*RUN, "--epochs", "3", "--out", run)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3

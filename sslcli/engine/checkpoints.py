@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from ..backbones import save_backbone
 
 from ..errors import UserError
 from ..files import atomic_write
@@ -87,10 +90,6 @@ def check_resumable(ckpt: dict, r: Recipe) -> None:
 def save_weights(method: nn.Module, info, epoch: int, out: Path) -> None:
     """backbone.safetensors/.json, and each further tower the method keeps (an audio tower) as
     <name>.safetensors/.json beside it."""
-    from dataclasses import replace
-
-    from ..backbones import save_backbone
-
     save_backbone(method.backbone, replace(info, epoch=epoch), out)
     for stem, (tower, tower_info) in method.towers().items():
         save_backbone(tower, replace(tower_info, epoch=epoch, method=info.method), out, stem)

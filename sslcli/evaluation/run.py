@@ -267,9 +267,10 @@ def classifier_accuracy(method, split, device: torch.device, batch_size: int = 2
 
 def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, queries: int = 8, k: int = 8,
                    query_files: list[str] | None = None, seed: int = 0, device: str = "auto", cell: int = 96,
-                   frames: int | None = None, tower: str = "vision") -> dict:
+                   frames: int | None = None, tower: str = "vision", query_tower: str | None = None) -> dict:
     """A PNG grid of each query's nearest training images; queries are random val images or files.
-    With `tower="audio"` clips are compared by their sound (and shown by their middle frame)."""
+    With `tower="audio"` clips are compared by their sound (and shown by their middle frame); with
+    `query_tower="audio"` (and the vision tower) each query's sound finds the nearest frames."""
     from .neighbours import draw_grid, neighbour_rows
 
     if out.suffix.lower() != ".png":
@@ -278,9 +279,18 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
         raise UserError(f"--out folder '{out.parent}' does not exist; create it first")
     choice = _as_choice(data)
     dev = select_device(device)
-    if query_files and tower == "audio":
-        raise UserError("--query takes image files, which have no sound; with --tower audio the queries are val clips: "
+    query_tower = query_tower or tower
+    if query_files and "audio" in (tower, query_tower):
+        raise UserError("--query takes image files, which have no sound; with an audio tower the queries are val clips: "
                         "drop --query")
+    if query_tower not in ("vision", "audio") or (query_tower, tower) == ("vision", "audio"):
+        raise UserError(f"--query-tower '{query_tower}' with --tower {tower} is not supported; use --query-tower audio "
+                        f"(sound to frames) or the same tower for both")
+    joint = None
+    if query_tower != tower:  # sound to frames, in the space both towers embed into
+        from .crossmodal import open_joint_model
+
+        joint = open_joint_model(model_spec)
     model, info, ds = open_model_and_data(model_spec, choice, "visualize-neighbours", need_labels=False, frames=frames,
                                           tower=tower)
     hear_by = front_end_of(info)
@@ -302,13 +312,24 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
         pool = ds.val if ds.val is not None else ds.train
         pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:queries]
         queried = pool.subset(pick)  # clips are judged on all their frames and shown by the middle one
+        if joint is not None:
+            queried = queried.with_sound(SoundPlan(joint.front_end.sample_rate, joint.front_end.seconds))
+            if not len(queried):
+                raise UserError(f"none of the {len(pick)} val clips queried has sound; give clips with a soundtrack")
         q_images = torch.stack(queried.stills(list(range(len(queried)))))
         q_labels = queried.labels
     announce(choice, model_spec)
     kept: list[torch.Tensor] = []
-    train_f, _ = extract_features(model, ds.train, dev, kept=kept, front_end=hear_by)
+    if joint is not None:
+        from .crossmodal import frame_embedding, sound_embedding
+
+        joint.to(dev)
+        train_f, _ = extract_features(frame_embedding(joint), ds.train, dev, kept=kept)
+        q_f, _ = extract_features(sound_embedding(joint), queried, dev, front_end=joint.front_end)
+    else:
+        train_f, _ = extract_features(model, ds.train, dev, kept=kept, front_end=hear_by)
+        q_f, _ = extract_features(model, queried, dev, front_end=hear_by)
     train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
-    q_f, _ = extract_features(model, queried, dev, front_end=hear_by)
     rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
     tmp = out.with_name(out.name + ".tmp.png")
@@ -316,4 +337,5 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
     os.replace(tmp, out)
     same = [tile.colour == (30, 160, 60) for row in rows for tile in row[1:]]
     return {"out": str(out), "queries": len(rows), "k": k, "model": model_spec, **data_fields(choice),
+            "tower": tower, "query_tower": query_tower,
             "same_class_fraction": round(sum(same) / max(1, len(same)), 4), "size": list(grid.size)}
