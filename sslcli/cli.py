@@ -127,9 +127,9 @@ def pretrain(
     console = _stderr()
     trainer = Trainer(resolved, out, console)
     trainer.prepare(resume)  # everything that can be refused is refused before anything is written
-    create_out(out, force and not resume)
-    console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)
-    result = trainer.run(resume=resume)
+    with create_out(out, force and not resume, resume):  # one writer per run folder, until the run ends
+        console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)
+        result = trainer.run(resume=resume)
     if not as_json:
         console.print(f"done in {result['seconds']:.0f} s; backbone: {result['backbone']}")
     _emit(result, as_json)
@@ -269,16 +269,16 @@ def finetune(
     trainer = Trainer(resolved, out, console)
     trainer.prepare()
     announce(choice, model)
-    create_out(out, force)
-    console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
-    trained = trainer.run()
-    scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
-    result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
-              "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
-              "seconds": trained["seconds"]}
     from .files import atomic_write
 
-    atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
+    with create_out(out, force):
+        console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
+        trained = trainer.run()
+        scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
+        result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
+                  "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
+                  "seconds": trained["seconds"]}
+        atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
     if not as_json:
         _table(f"fine-tune  {model} on {choice.source}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
                                                  "top5": "val top-5"}, [result])

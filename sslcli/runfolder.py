@@ -4,7 +4,7 @@ and the checks that refuse a folder before anything is written."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 from .errors import UserError
 
@@ -54,7 +54,7 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
     if resume:
         if not (out / "checkpoints" / "last.pt").is_file() and not (out / "recipe.yaml").is_file():
             raise UserError(f"--resume: '{out}' holds no run to continue (no checkpoints/last.pt); run without --resume to start one")
-    elif out.is_dir() and any(out.iterdir()) and not force:
+    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise UserError(f"--out '{out}' is not empty; pass --resume to continue that run or --force to replace it")
     existing = out.absolute()
     while not existing.exists() and existing != existing.parent:
@@ -67,17 +67,49 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
 
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "recipe.yaml", "backbone.safetensors", "backbone.json", "curves.png",
-             "eval.json", "skipped.txt", "visual.png")
+             "eval.json", "skipped.txt", "visual.png", "audio_backbone.safetensors", "audio_backbone.json")
+LOCK_NAME = ".sslcli.lock"  # held by the one process writing the folder; says which process that is
 
 
-def create_out(out: Path, force: bool) -> None:
-    """Make the run folder; with --force, remove the files of the run it held."""
+def _hold(out: Path) -> IO[str]:
+    """An exclusive OS lock on the run folder's lock file, or a one-line refusal naming the process
+    that holds it. The kernel releases the lock when the holder exits, however it exits."""
+    import fcntl
+    import os
+    import socket
+
+    handle = open(out / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"--out '{out}' is being written by {holder}; wait for it to finish, or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def create_out(out: Path, force: bool, resume: bool = False) -> IO[str]:
+    """Make the run folder and become its one writer; with --force, remove the files of the run it
+    held. Returns the lock: keep it open while the run writes (a `with` block), since closing it
+    lets another process in. The folder is checked again once held, for it may have changed while
+    this process read its data."""
     import shutil
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out '{out}' cannot be created ({exc.strerror}); choose another folder") from None
+    lock = _hold(out)
+    try:
+        check_out(out, resume, force)
+    except UserError:
+        lock.close()
+        raise
     if force:
         for name in RUN_FILES:
             target = out / name
@@ -85,3 +117,4 @@ def create_out(out: Path, force: bool) -> None:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    return lock

@@ -221,7 +221,8 @@ def _checkpoint_position(run: Path):
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     """Three kill -9s at random moments of one run (checkpoint writes included), each followed by
     --resume; every resume starts from the checkpoint the kill left (or from the beginning when
-    there was none), and the weights end identical to an uninterrupted run's."""
+    there was none), and the weights end identical to an uninterrupted run's. The killed process's
+    lock on the folder goes with it: each resume is let in."""
     cmd = [sys.executable, "-m", "sslcli", *RUN, "--epochs", "6", "--set", "train.log_every=1"]
     straight = json.loads(subprocess.run(cmd + ["--out", str(tmp_path / "straight"), "--json"], check=True,
                                          capture_output=True, text=True).stdout)
@@ -260,6 +261,30 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     assert same_weights(tmp_path / "straight", run), f"seed {seed}, kills at {kills}"
     assert [r["epoch"] for r in epoch_records(run)] == list(range(1, 7)), f"seed {seed}, kills at {kills}"
     assert len(resumed_from) == 3 and any(p is not None for p in resumed_from), (seed, kills, resumed_from)
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_while_the_first_finishes_as_if_alone(cli, tmp_path):
+    """Two pretrains on one folder (a double-submitted job): the second is refused in one line naming
+    the first, touches nothing, and the first ends with the weights of a run that was alone."""
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "sslcli", *RUN, "--epochs", "8", "--out", str(run)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock, deadline = run / ".sslcli.lock", time.time() + 120
+    while not (lock.exists() and lock.read_text().startswith("process")) and first.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.01)
+    second = cli(*RUN, "--epochs", "8", "--out", run, "--force")
+    still_running = first.poll() is None
+    _, err = first.communicate()
+    assert first.returncode == 0, err.decode()[-2000:]
+    assert still_running, "the first run ended before the second tried: the test proves nothing"
+    assert second.code == 2 and f"is being written by process {first.pid} on " in second.err, second.err
+    assert len(second.err.strip().splitlines()) == 1, second.err
+    alone = pretrain_run(tmp_path / "alone", *RUN[1:], "--epochs", "8")
+    assert same_weights(alone, run)
+    again = cli(*RUN, "--epochs", "9", "--out", run, "--resume")  # the lock went with the first process
+    assert again.code == 0, again.err
 
 
 def test_resume_before_the_first_checkpoint_starts_over(cli, tmp_path, straight):
