@@ -33,6 +33,7 @@ class BackboneInfo:
     epoch: int = 0
     in_chans: int = 3
     front_end: Optional[dict] = None  # an audio tower: the spectrogram settings its input is made with
+    sha256: Optional[str] = None  # of the weights file it describes, checked when they are read
 
 
 def resolve_small_input(small_input, image_size: int) -> bool:
@@ -110,9 +111,14 @@ def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path, stem: str 
     each atomically."""
     from safetensors.torch import save
 
+    import hashlib
+    from dataclasses import replace
+
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.safetensors"
-    atomic_write(weights, save(timm_state_dict(model), metadata={"timm_name": info.timm_name}))
+    data = save(timm_state_dict(model), metadata={"timm_name": info.timm_name})
+    atomic_write(weights, data)
+    info = replace(info, sha256=hashlib.sha256(data).hexdigest())
     atomic_write(folder / f"{stem}.json", (json.dumps(asdict(info), indent=2) + "\n").encode())
     return weights
 
@@ -144,6 +150,12 @@ def read_weights(spec: str, tower: str = "vision") -> tuple[dict[str, torch.Tens
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if info.sha256 is not None:
+        import hashlib
+
+        if hashlib.sha256(weights.read_bytes()).hexdigest() != info.sha256:
+            raise UserError(f"weights '{weights}' do not match the sha256 in '{meta.name}': the file is damaged (or its run "
+                            f"was killed between writing the two); re-copy it, or --resume the run to write both again")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

@@ -93,6 +93,8 @@ def pretrain(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (train.batch_size)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override any recipe key: --set optim.lr=0.1 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue the run in --out from this "
+                                               "checkpoint (e.g. its checkpoints/epoch-4.pt) instead of the last."),
     force: bool = typer.Option(False, "--force", help="Replace the run in a non-empty --out."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (train.device)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -105,6 +107,10 @@ def pretrain(
     from .runfolder import check_out, create_out, load_raw_recipe
 
     overrides = [parse_set(item) for item in set_]
+    if resume_from is not None:
+        if not resume_from.is_file():
+            raise UserError(f"--resume-from '{resume_from}' is not a file; give a checkpoint such as RUN/checkpoints/epoch-4.pt")
+        resume = True
     if resume and force:
         raise UserError("--resume and --force contradict each other; pass one of them")
     raw = load_raw_recipe(method, recipe, out, resume)
@@ -126,6 +132,7 @@ def pretrain(
 
     console = _stderr()
     trainer = Trainer(resolved, out, console)
+    trainer.resume_from = resume_from
     trainer.prepare(resume)  # everything that can be refused is refused before anything is written
     with create_out(out, force and not resume, resume):  # one writer per run folder, until the run ends
         console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)

@@ -35,3 +35,34 @@ def remove_stale_tmp(folder: Path) -> None:
     if folder.is_dir():
         for leftover in folder.glob(f"*{TMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
+
+
+def state_digest(state) -> str:
+    """sha256 over a checkpoint's contents: tensors by dtype, shape and bytes, other values by repr,
+    dict keys in sorted order, so the same contents give the same digest after a save and load."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, dict):
+            digest.update(b"{%d" % len(value))
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[%d" % len(value))
+            for item in value:
+                feed(item)
+        elif isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+
+    feed(state)
+    return digest.hexdigest()
+

@@ -287,6 +287,38 @@ def test_a_second_writer_is_refused_while_the_first_finishes_as_if_alone(cli, tm
     assert again.code == 0, again.err
 
 
+def _flip_a_byte(path: Path, where: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_refused_and_the_offered_older_one_resumes_exactly(cli, tmp_path, straight):
+    run = tmp_path / "run"
+    r = cli(*RUN, "--epochs", "3", "--set", "train.keep_every=2", "--out", run)  # keeps epoch-2.pt
+    assert r.code == 0, r.err
+    last = run / "checkpoints" / "last.pt"
+    _flip_a_byte(last)  # the middle of the file: the bytes of a weight
+    refused = cli(*RUN, "--epochs", "3", "--out", run, "--resume")
+    older = run / "checkpoints" / "epoch-2.pt"
+    assert refused.code == 2 and f"--resume-from {older}" in refused.err, refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and "do not match the digest" in refused.err, refused.err
+    r = cli(*RUN, "--epochs", "3", "--out", run, "--resume-from", older)
+    assert r.code == 0 and "resuming from epoch 2" in r.err, r.err
+    assert same_weights(straight, run)
+    assert torch.load(last, weights_only=True)["epoch"] == 3  # a whole last.pt again
+
+
+def test_damaged_weights_are_refused_against_the_digest_in_their_json(cli, tmp_path, straight):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    assert json.loads((run / "backbone.json").read_text())["sha256"]
+    _flip_a_byte(run / "backbone.safetensors", 0.7)
+    r = cli("knn", run, "--json")
+    assert r.code == 2 and "do not match the sha256 in 'backbone.json'" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
 def test_resume_before_the_first_checkpoint_starts_over(cli, tmp_path, straight):
     run = tmp_path / "run"
     run.mkdir()

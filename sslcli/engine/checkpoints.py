@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..backbones import save_backbone
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, state_digest
 from ..recipe import RESUMABLE_CHANGES, Recipe, resume_conflicts
 
 CHECKPOINT_FORMAT = 1
@@ -26,14 +26,36 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, buffer.getbuffer())
 
 
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write a checkpoint atomically with the digest of its contents inside it."""
+    atomic_torch_save({**state, "digest": state_digest(state)}, path)
+
+
+def _older_whole(path: Path) -> str:
+    """How to go on from a damaged checkpoint: the newest epoch-N.pt beside it, or a fresh start."""
+    kept = sorted(path.parent.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit()
+                  else -1, reverse=True)
+    kept = [p for p in kept if p != path]
+    if kept:
+        return f"resume from an older one with --resume-from {kept[0]}, or start again with --force"
+    return "start again with --force"
+
+
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint, checked against the digest written inside it; a damaged one is refused in one
+    line that offers the newest older checkpoint kept beside it (train.keep_every)."""
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at '{path}'; start without --resume (or with --force to overwrite)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
         raise UserError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}): it is damaged or not an sslcli "
-                        f"checkpoint; start again with --force") from None
+                        f"checkpoint; {_older_whole(path)}") from None
+    written = state.pop("digest", None) if isinstance(state, dict) else None
+    if written is not None and state_digest(state) != written:
+        raise UserError(f"checkpoint '{path}' is damaged: its contents do not match the digest written with it; "
+                        f"{_older_whole(path)}")
+    return state
 
 
 def checkpoint_bytes(method: nn.Module, optimizer_name: str) -> int:

@@ -25,8 +25,8 @@ from ..files import atomic_write, remove_stale_tmp
 from ..methods.base import Method
 from ..recipe import Recipe
 from ..registry import get_method
-from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, check_resumable, checkpoint_bytes, existing_ancestor,
-                          kept_message, load_checkpoint, megabytes, save_weights)
+from .checkpoints import (CHECKPOINT_FORMAT, check_resumable, checkpoint_bytes, existing_ancestor, kept_message,
+                          load_checkpoint, megabytes, save_checkpoint, save_weights)
 from .optim import build_optimizer, lr_factor
 from .order import epoch_order, iterate_batches
 from .views import channels_last, extras
@@ -57,6 +57,7 @@ class Trainer:
         self.data: Optional[DataSource] = None
         self.method: Optional[Method] = None
         self.info: Optional[BackboneInfo] = None
+        self.resume_from: Optional[Path] = None  # a checkpoint to resume from instead of last.pt
         self.resume_state: Optional[dict] = None
 
     # -- set-up
@@ -175,8 +176,8 @@ class Trainer:
     def _read_resume(self) -> Optional[dict]:
         """The checkpoint to continue from, checked against this recipe; None when the run was
         stopped before its first checkpoint (it then starts from the beginning)."""
-        path = self.out / "checkpoints" / "last.pt"
-        if not path.exists() and (self.out / "recipe.yaml").is_file():
+        path = self.resume_from or self.out / "checkpoints" / "last.pt"
+        if not path.exists() and self.resume_from is None and (self.out / "recipe.yaml").is_file():
             return None
         ckpt = load_checkpoint(path)
         check_resumable(ckpt, self.recipe)
@@ -266,9 +267,9 @@ class Trainer:
             }
             if self.device.type == "cuda":
                 state["rng"]["cuda"] = torch.cuda.get_rng_state()
-            atomic_torch_save(state, ckpt_dir / "last.pt")
+            save_checkpoint(state, ckpt_dir / "last.pt")
             if step_in_epoch == 0 and r.train.keep_every and epoch % r.train.keep_every == 0:
-                atomic_torch_save(state, ckpt_dir / f"epoch-{epoch}.pt")
+                save_checkpoint(state, ckpt_dir / f"epoch-{epoch}.pt")
             save_weights(method, info, epoch, self.out)
 
         metrics_file = open(self.out / "metrics.jsonl", "a")

@@ -11,6 +11,7 @@ import torch
 
 from ..backbones import create_backbone, read_weights
 from ..errors import UserError
+from ..files import state_digest
 from ..recipe import resolve_recipe
 from ..registry import get_method
 
@@ -27,6 +28,9 @@ def open_joint_model(run: str) -> torch.nn.Module:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
         raise UserError(f"checkpoint '{ckpt}' cannot be read ({type(exc).__name__}); it is damaged") from None
+    written = state.pop("digest", None)
+    if written is not None and state_digest(state) != written:
+        raise UserError(f"checkpoint '{ckpt}' is damaged: its contents do not match the digest written with it")
     recipe = resolve_recipe(state["recipe"], lambda name: get_method(name).Config)
     if recipe.method.name != "audio-visual" or recipe.method.fusion != "distance":
         what = f"method.fusion={recipe.method.fusion}" if recipe.method.name == "audio-visual" else recipe.method.name
