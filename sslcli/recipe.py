@@ -143,6 +143,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available")
     checkpoint_every: int = option(1, "epochs between checkpoints/last.pt writes", min=1)
     keep_every: int = option(0, "also keep checkpoints/epoch-N.pt every N epochs (0: never)", min=0)
+    keep_last: int = option(0, "keep only the newest N epoch-N.pt, removing the oldest once the new one is whole "
+                               "(0: keep all)", min=0)
     log_every: int = option(20, "steps between metrics.jsonl step records", min=1)
     channels_last: bool = option(True, "NHWC memory format (faster convolutions on CPU and GPU)")
 
@@ -174,7 +176,7 @@ class Recipe:
 
 # Keys a resumed run may change: they extend the run or move it, never alter what it learns.
 RESUMABLE_CHANGES = frozenset({
-    "train.epochs", "train.device", "train.checkpoint_every", "train.keep_every", "train.log_every",
+    "train.epochs", "train.device", "train.checkpoint_every", "train.keep_every", "train.keep_last", "train.log_every",
     "data.workers", "data.cache_max_gb", "data.root", "data.max_bad_fraction", "data.eval_frames",
 })
 

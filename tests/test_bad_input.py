@@ -249,6 +249,21 @@ def test_too_little_disk_space_is_refused_before_writing(cli, tmp_path, monkeypa
     assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+def test_kept_checkpoints_count_in_the_space_a_run_plans_for(cli, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    free = 600_000_000  # room for a checkpoint and the previous one (about 2 x 135 MB), not for ten kept besides
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - free, free))
+    keep = [*SYNTH, "--epochs", "10", "--set", "train.keep_every=1"]
+    r = cli("pretrain", *keep, "--out", tmp_path / "out")
+    assert r.code == 2 and "10 kept epoch-N.pt" in r.err and "set train.keep_last" in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    r = cli("pretrain", *keep, "--set", "train.keep_last=1", "--out", tmp_path / "out", "--json")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("epoch-*.pt")) == ["epoch-10.pt"]
+
+
 def test_debug_shows_the_traceback(cli, tmp_path):
     with pytest.raises(Exception, match="did you mean 'simclr'"):
         cli("--debug", "pretrain", "--method", "simclrr", "--out", tmp_path / "out")

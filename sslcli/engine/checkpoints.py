@@ -31,11 +31,25 @@ def save_checkpoint(state: dict, path: Path) -> None:
     atomic_torch_save({**state, "digest": state_digest(state)}, path)
 
 
+def _kept(folder: Path) -> list[Path]:
+    """The epoch-N.pt checkpoints of `folder`, newest first."""
+    def epoch(path: Path) -> int:
+        number = path.stem.split("-", 1)[1]
+        return int(number) if number.isdigit() else -1
+
+    return sorted(folder.glob("epoch-*.pt"), key=epoch, reverse=True)
+
+
+def prune_kept(folder: Path, keep_last: int) -> None:
+    """Remove all but the newest `keep_last` epoch-N.pt (0: keep all); called once the newest is whole."""
+    if keep_last:
+        for old in _kept(folder)[keep_last:]:
+            old.unlink(missing_ok=True)
+
+
 def _older_whole(path: Path) -> str:
     """How to go on from a damaged checkpoint: the newest epoch-N.pt beside it, or a fresh start."""
-    kept = sorted(path.parent.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit()
-                  else -1, reverse=True)
-    kept = [p for p in kept if p != path]
+    kept = [p for p in _kept(path.parent) if p != path]
     if kept:
         return f"resume from an older one with --resume-from {kept[0]}, or start again with --force"
     return "start again with --force"

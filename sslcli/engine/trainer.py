@@ -26,7 +26,7 @@ from ..methods.base import Method
 from ..recipe import Recipe
 from ..registry import get_method
 from .checkpoints import (CHECKPOINT_FORMAT, check_resumable, checkpoint_bytes, existing_ancestor, kept_message,
-                          load_checkpoint, megabytes, save_checkpoint, save_weights)
+                          load_checkpoint, megabytes, prune_kept, save_checkpoint, save_weights)
 from .optim import build_optimizer, lr_factor
 from .order import epoch_order, iterate_batches
 from .views import channels_last, extras
@@ -164,13 +164,18 @@ class Trainer:
         # the new checkpoint is written beside the previous one, which a resumed run already holds
         held = sum(f.stat().st_size for f in (self.out / "checkpoints" / "last.pt", self.out / "backbone.safetensors")
                    if f.is_file())
-        need = 2 * checkpoint_bytes(self.method, self.recipe.optim.name) + 10_000_000 - held
+        t = self.recipe.train
+        kept = t.epochs // t.keep_every if t.keep_every else 0
+        kept = min(kept, t.keep_last) if t.keep_last else kept
+        kept -= len(list((self.out / "checkpoints").glob("epoch-*.pt")))  # a resumed run holds some already
+        need = (2 + max(0, kept)) * checkpoint_bytes(self.method, self.recipe.optim.name) + 10_000_000 - held
         where = existing_ancestor(self.out)
         free = shutil.disk_usage(where).free
         if free < need:
+            plan = f"a checkpoint, the previous one and {kept} kept epoch-N.pt" if kept > 0 else "a checkpoint and the previous one"
             raise UserError(
                 f"--out '{self.out}' has {megabytes(free)} free, but this run needs about {megabytes(need)} "
-                f"(a checkpoint and the previous one); free some space or choose another --out"
+                f"({plan}); free some space, choose another --out{' or set train.keep_last' if kept > 0 else ''}"
             )
 
     def _read_resume(self) -> Optional[dict]:
@@ -270,6 +275,7 @@ class Trainer:
             save_checkpoint(state, ckpt_dir / "last.pt")
             if step_in_epoch == 0 and r.train.keep_every and epoch % r.train.keep_every == 0:
                 save_checkpoint(state, ckpt_dir / f"epoch-{epoch}.pt")
+                prune_kept(ckpt_dir, r.train.keep_last)
             save_weights(method, info, epoch, self.out)
 
         metrics_file = open(self.out / "metrics.jsonl", "a")
