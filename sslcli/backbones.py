@@ -109,10 +109,10 @@ def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path, stem: str = "backbone") -> Path:
     """Write <stem>.safetensors and <stem>.json (backbone.*, or a second tower's) into `folder`,
     each atomically."""
-    from safetensors.torch import save
-
     import hashlib
     from dataclasses import replace
+
+    from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.safetensors"
@@ -123,8 +123,9 @@ def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path, stem: str 
     return weights
 
 
-def read_weights(spec: str, tower: str = "vision") -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
-    """The weights and json of a run folder's backbone (or audio tower), or of a .safetensors file."""
+def read_info(spec: str, tower: str = "vision") -> tuple[BackboneInfo, Path, Path]:
+    """The json of a run folder's backbone (or audio tower), or of a .safetensors file, and the
+    weights file and json file; the weights themselves are not read."""
     path = Path(spec)
     if not path.exists():
         raise UserError(
@@ -144,20 +145,27 @@ def read_weights(spec: str, tower: str = "vision") -> tuple[dict[str, torch.Tens
     if not meta.is_file():
         raise UserError(f"'{meta}' is missing; it is written beside {weights.name} and records the architecture")
     try:
-        info = BackboneInfo(**json.loads(meta.read_text()))
+        return BackboneInfo(**json.loads(meta.read_text())), weights, meta
     except (ValueError, TypeError) as exc:
         raise UserError(f"'{meta}' is not a valid backbone.json ({exc})") from None
+
+
+def read_weights(spec: str, tower: str = "vision") -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
+    """The weights and json of a run folder's backbone (or audio tower), or of a .safetensors file;
+    the file is read once, checked against the sha256 its json records, then parsed."""
+    import hashlib
+
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    if info.sha256 is not None:
-        import hashlib
-
-        if hashlib.sha256(weights.read_bytes()).hexdigest() != info.sha256:
-            raise UserError(f"weights '{weights}' do not match the sha256 in '{meta.name}': the file is damaged (or its run "
-                            f"was killed between writing the two); re-copy it, or --resume the run to write both again")
+    info, weights, meta = read_info(spec, tower)
     try:
-        state = load_file(str(weights))
+        data = weights.read_bytes()
+        if info.sha256 is not None and hashlib.sha256(data).hexdigest() != info.sha256:
+            raise UserError(f"weights '{weights}' do not match the sha256 in '{meta.name}': the file is damaged "
+                            f"(or its run was killed between writing the two); re-copy it, or --resume the run to write "
+                            f"both again")
+        state = load(data)
     except (SafetensorError, OSError) as exc:
         raise UserError(f"cannot read weights '{weights}' ({exc}); the file is damaged, rerun or re-copy it") from None
     return state, info, weights

@@ -59,10 +59,16 @@ def state_digest(state) -> str:
         elif isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
         else:
             digest.update(repr(value).encode())
 
     feed(state)
     return digest.hexdigest()
 
+
+def digest_matches(state) -> bool:
+    """Take the digest out of a loaded checkpoint; False when its contents do not match it (a
+    checkpoint written before digests passes)."""
+    written = state.pop("digest", None) if isinstance(state, dict) else None
+    return written is None or state_digest(state) == written

@@ -113,12 +113,12 @@ class ClipSplit(LabelledItems):
         return self.plan.positions(index, int(self.lengths[index]))
 
     def take(self, idx: torch.Tensor) -> Batch:
-        rows = [int(self.offsets[i]) + p for i in idx.tolist() for p in self._positions(i)]
+        positions = {i: self._positions(i) for i in idx.tolist()}
+        rows = [int(self.offsets[i]) + p for i, at in positions.items() for p in at]
         clips = self.frames[torch.tensor(rows, dtype=torch.long)].view(len(idx), self.plan.count, *self.frames.shape[1:])
         audio = None
         if self.sound is not None:
-            audio = torch.stack([sound_windows(self.audio[i], self._positions(i), self.fps, self.sound)
-                                 for i in idx.tolist()])
+            audio = torch.stack([sound_windows(self.audio[i], at, self.fps, self.sound) for i, at in positions.items()])
         return Batch(clips, self.labels[idx], idx, audio)
 
     def read(self, index: int) -> tuple[Optional[torch.Tensor], int, int, str]:

@@ -8,10 +8,11 @@ format (8 or 10 bit, limited or full range); sound as float32 mono at the rate a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -147,18 +148,13 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
             return np.zeros(0, dtype=np.float32)
         stream = container.streams.audio[0]
         video = container.streams.video[0] if container.streams.video else None
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        parts, start = [], None
-        for frame in container.decode(stream):
-            if start is None:
-                start = frame.time or 0.0
-            for out in resampler.resample(frame):
-                parts.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            parts.append(out.to_ndarray().reshape(-1))
-        wave = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
+        decoded = container.decode(stream)
+        first = next(decoded, None)
+        if first is None:
+            return np.zeros(0, dtype=np.float32)
+        wave = _mono(itertools.chain([first], decoded), sample_rate)
         video_start = float(video.start_time * video.time_base) if video is not None and video.start_time else 0.0
-        shift = (start or 0.0) - video_start  # seconds the sound starts after the first frame
+        shift = (first.time or 0.0) - video_start  # seconds the sound starts after the first frame
         if stream.codec_context.name == "aac" and container.format.name == "avi":
             shift -= AAC_PRIMING / float(stream.rate or sample_rate)
     lead = int(round(shift * sample_rate))
@@ -175,10 +171,15 @@ def resample(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave, dtype=np.float32).reshape(1, -1), format="flt",
                                        layout="mono")
     frame.sample_rate = rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    parts = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-    parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    return np.concatenate(parts).astype(np.float32)
+    return _mono([frame], sample_rate)
+
+
+def _mono(frames: Iterable, sample_rate: int) -> np.ndarray:
+    """Audio frames through FFmpeg's resampler (flushed at the end) as one float32 mono array."""
+    resampler = require_av().AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    parts = [out.to_ndarray().reshape(-1) for frame in itertools.chain(frames, [None])
+             for out in resampler.resample(frame)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
 
 
 def write_clip(path: Path, frames: np.ndarray, fps: float, audio: Optional[np.ndarray] = None,

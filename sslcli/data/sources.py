@@ -278,8 +278,9 @@ def hear(ds: DataSource, plan: SoundPlan, who: str) -> DataSource:
         raise UserError(f"{who} learns from the sound of video clips, but '{ds.name}' holds {ds.kind}; give a folder "
                         f"of video files with sound, or synthetic:moving-shapes")
     known = ds.train.has_audio
-    train = ds.train.with_sound(plan) if known is None or bool(known.any()) else ds.train.subset(torch.tensor([], dtype=torch.long))
-    if not len(train):  # refused before any clip is reported skipped: one line
+    # with no clip known to have sound, refuse before any clip is reported skipped: one line
+    train = None if known is not None and not bool(known.any()) else ds.train.with_sound(plan)
+    if train is None or not len(train):
         raise UserError(f"{who} learns from sound, but none of the {len(ds.train)} training clips of '{ds.name}' has "
                         f"an audio stream; give video files with a soundtrack")
     val = ds.val.with_sound(plan) if ds.val is not None else None

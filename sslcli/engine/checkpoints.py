@@ -10,25 +10,21 @@ import torch
 import torch.nn as nn
 
 from ..backbones import save_backbone
-
 from ..errors import UserError
-from ..files import atomic_write, state_digest
+from ..files import atomic_write, digest_matches, state_digest
 from ..recipe import RESUMABLE_CHANGES, Recipe, resume_conflicts
 
 CHECKPOINT_FORMAT = 1
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Serialise in memory, then write atomically (see `atomic_write`): torch's own writer turns
-    a full disk into an opaque RuntimeError, a plain write gives the OSError that says so."""
+def save_checkpoint(state: dict, *paths: Path) -> None:
+    """Write a checkpoint, with the digest of its contents inside it, atomically to each of `paths`
+    (serialised and hashed once). Serialised in memory, then written with `atomic_write`: torch's
+    own writer turns a full disk into an opaque RuntimeError, a plain write gives the OSError."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getbuffer())
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write a checkpoint atomically with the digest of its contents inside it."""
-    atomic_torch_save({**state, "digest": state_digest(state)}, path)
+    torch.save({**state, "digest": state_digest(state)}, buffer)
+    for path in paths:
+        atomic_write(path, buffer.getbuffer())
 
 
 def _kept(folder: Path) -> list[Path]:
@@ -65,8 +61,7 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:  # torch raises many types for damaged or foreign files
         raise UserError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}): it is damaged or not an sslcli "
                         f"checkpoint; {_older_whole(path)}") from None
-    written = state.pop("digest", None) if isinstance(state, dict) else None
-    if written is not None and state_digest(state) != written:
+    if not digest_matches(state):
         raise UserError(f"checkpoint '{path}' is damaged: its contents do not match the digest written with it; "
                         f"{_older_whole(path)}")
     return state

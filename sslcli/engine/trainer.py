@@ -272,9 +272,9 @@ class Trainer:
             }
             if self.device.type == "cuda":
                 state["rng"]["cuda"] = torch.cuda.get_rng_state()
-            save_checkpoint(state, ckpt_dir / "last.pt")
-            if step_in_epoch == 0 and r.train.keep_every and epoch % r.train.keep_every == 0:
-                save_checkpoint(state, ckpt_dir / f"epoch-{epoch}.pt")
+            kept = step_in_epoch == 0 and r.train.keep_every and epoch % r.train.keep_every == 0
+            save_checkpoint(state, ckpt_dir / "last.pt", *([ckpt_dir / f"epoch-{epoch}.pt"] if kept else []))
+            if kept:
                 prune_kept(ckpt_dir, r.train.keep_last)
             save_weights(method, info, epoch, self.out)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import create_backbone, read_weights
+from ..backbones import create_backbone, read_info
 from ..errors import UserError
-from ..files import state_digest
+from ..files import digest_matches
 from ..recipe import resolve_recipe
 from ..registry import get_method
 
@@ -28,15 +28,14 @@ def open_joint_model(run: str) -> torch.nn.Module:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
         raise UserError(f"checkpoint '{ckpt}' cannot be read ({type(exc).__name__}); it is damaged") from None
-    written = state.pop("digest", None)
-    if written is not None and state_digest(state) != written:
+    if not digest_matches(state):
         raise UserError(f"checkpoint '{ckpt}' is damaged: its contents do not match the digest written with it")
     recipe = resolve_recipe(state["recipe"], lambda name: get_method(name).Config)
     if recipe.method.name != "audio-visual" or recipe.method.fusion != "distance":
         what = f"method.fusion={recipe.method.fusion}" if recipe.method.name == "audio-visual" else recipe.method.name
         raise UserError(f"--query-tower audio finds frames by sound in the space an audio-visual run with "
                         f"method.fusion=distance learns; '{run}' is {what}: use --tower audio (sound to sound)")
-    info = read_weights(run)[1]
+    info = read_info(run)[0]
     backbone, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
     method = get_method("audio-visual")(recipe.method, recipe, backbone, info.feature_dim, info.input_size)
     method.load_state_dict(state["model"])

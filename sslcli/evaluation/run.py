@@ -143,7 +143,7 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
         if tower == "audio":
             info = replace(info, front_end=FrontEnd().to_dict())
     if tower == "audio":
-        front_end = FrontEnd.from_dict(info.front_end)
+        front_end = front_end_of(info)
         ds = hear(ds, SoundPlan(front_end.sample_rate, front_end.seconds), f"{purpose} --tower audio")
     if need_labels and not ds.labelled:
         raise UserError(
@@ -156,10 +156,10 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
 
 def _vision_size(model_spec: str) -> int | str:
     """The frame size of the run an audio tower comes from (its vision backbone's), else auto."""
-    from ..backbones import read_weights
+    from ..backbones import read_info
 
     try:
-        return read_weights(model_spec)[1].input_size
+        return read_info(model_spec)[0].input_size
     except UserError:
         return "auto"
 

@@ -7,11 +7,12 @@ own moment; negatives hear another clip, or (with `hard_negative_share`) the sam
 `hard_negative_gap` seconds away. In training every frame of a batch is paired with every sound
 of it (its own: the positive; the others': negatives), the two kinds weighted so negatives make
 `negative_share` of the loss: the L3 objective, with a batch's worth of negatives per frame for
-the same tower passes. Val pairs follow the paper exactly: half matching, half another clip's. The vision tower is the backbone; the
-audio tower is a timm network on one-channel log spectrograms (`data/spectrogram.py`). Each ends
-in a `embed_dim` embedding. `fusion: concat` feeds both to an MLP (L3-Net); `fusion: distance`
-lets the head see only the Euclidean distance between the L2-normalised embeddings, so both live
-in one space and a sound can retrieve frames. Both towers are written to the run folder.
+the same tower passes. Val pairs follow the paper exactly: half matching, half another clip's.
+The vision tower is the backbone; the audio tower is a timm network on one-channel log
+spectrograms (`data/spectrogram.py`). Each ends in an `embed_dim` embedding. `fusion: concat`
+feeds both to an MLP (L3-Net); `fusion: distance` lets the head see only the Euclidean distance
+between the L2-normalised embeddings, so both live in one space and a sound can retrieve frames.
+Both towers are written to the run folder.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class AudioVisualConfig(MethodConfig):
         "concat", "concat: both embeddings into an MLP (L3-Net); distance: the head sees only their distance (AVE-Net)")
     embed_dim: int = option(128, "dimension of each tower's embedding", min=1)
     head_hidden_dim: int = option(128, "hidden width of the concat fusion's MLP", min=1)
-    negative_share: float = option(0.5, "share of pairs whose sound is not the frame's", min=0, max=1)
+    negative_share: float = option(0.5, "weight of the pairs whose sound is not the frame's in the loss", min=0, max=1)
     hard_negative_share: float = option(0.0, "share of the negatives heard from the same clip, far in time", min=0, max=1)
     hard_negative_gap: float = option(1.0, "seconds at least between a hard negative's sound and its frame", min=0)
     sample_rate: int = option(16000, "Hz the sound is resampled to", min=1000)
@@ -191,7 +192,8 @@ class AudioVisual(Method):
     @torch.no_grad()
     def _val_pairs(self, val: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pairs drawn once with a fixed seed from val clips, exactly half of them matching, each
-        negative hearing another clip: (uint8 frames, spectrograms, labels, each sound's RMS)."""
+        negative hearing another clip: (uint8 frames, spectrograms, labels, and the spectrograms
+        of noise as loud as each sound)."""
         from ..data.images import load_batches
 
         gen = torch.Generator().manual_seed(VAL_SEED)
@@ -211,7 +213,10 @@ class AudioVisual(Method):
             spectrograms.append(self.front_end(wave))
             loudness.append(wave.square().mean(1, keepdim=True).sqrt())
             labels.append(match.float())
-        return torch.cat(frames), torch.cat(spectrograms), torch.cat(labels), torch.cat(loudness)
+        loud = torch.cat(loudness)
+        noise = torch.randn(len(loud), self.front_end.samples, generator=torch.Generator().manual_seed(VAL_SEED)) * loud
+        noises = torch.cat([self.front_end(chunk) for chunk in noise.split(128)])
+        return torch.cat(frames), torch.cat(spectrograms), torch.cat(labels), noises
 
     @torch.no_grad()
     def epoch_metrics(self, val: Any) -> dict[str, float]:
@@ -221,15 +226,11 @@ class AudioVisual(Method):
             return {}
         if self._val is None:
             self._val = self._val_pairs(val)
-        frames, spectrograms, labels, loudness = self._val
+        frames, spectrograms, labels, noises = self._val
         device = next(self.parameters()).device
-        gen = torch.Generator().manual_seed(VAL_SEED)
-        noise = torch.randn(len(labels), self.front_end.samples, generator=gen) * loudness
         result = {}
-        for name, heard in (("match", spectrograms), ("noise", None)):
-            logits = []
-            for i in range(0, len(labels), 128):
-                spec = heard[i:i + 128] if heard is not None else self.front_end(noise[i:i + 128])
-                logits.append(self.logits(eval_view(frames[i:i + 128].to(device)), spec.to(device)))
+        for name, heard in (("match", spectrograms), ("noise", noises)):
+            logits = [self.logits(eval_view(frames[i:i + 128].to(device)), heard[i:i + 128].to(device))
+                      for i in range(0, len(labels), 128)]
             result[f"val_{name}_bacc"] = float(balanced_accuracy(torch.cat(logits), labels.to(device)))
         return result
