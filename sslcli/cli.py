@@ -3,8 +3,8 @@ modules (torch, timm) only when they run, so `sslcli --help` answers at once."""
 
 from __future__ import annotations
 
+import errno
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import UserError
-from .output import emit as _emit, listing as _listing, stderr as _stderr, table as _table
+from .output import emit as _emit, listing as _listing, quiet, stderr as _stderr, table as _table
 
 app = typer.Typer(
     name="sslcli",
@@ -50,6 +50,9 @@ def _root(
     _state["debug"] = debug
 
 
+_PATH_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.EISDIR}
+
+
 def command(*args, **kwargs):
     """`app.command` whose errors follow the contract: bad input is one line on stderr and exit
     code 2 (1 when the run itself failed), an interrupt exits 130."""
@@ -62,17 +65,26 @@ def command(*args, **kwargs):
             except UserError as exc:
                 if _state["debug"]:
                     raise
-                print(f"error: {exc}", file=sys.stderr)
+                if not quiet():  # under torchrun, rank 0 speaks for every rank
+                    print(f"error: {exc}", file=sys.stderr)
                 raise typer.Exit(getattr(exc, "exit_code", 2)) from None
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
                 raise typer.Exit(130) from None
+            except OSError as exc:  # a path the checks let through: too long, a loop of links
+                if _state["debug"] or exc.errno not in _PATH_ERRORS:
+                    raise
+                name = str(exc.filename or "")
+                shown = name if len(name) <= 80 else name[:60] + "..." + name[-17:]
+                print(f"error: the path '{shown}' cannot be used ({exc.strerror}); give another", file=sys.stderr)
+                raise typer.Exit(2) from None
             except Exception as exc:
                 from .engine import Interrupted
 
                 if not isinstance(exc, Interrupted):
                     raise
-                print(str(exc), file=sys.stderr)
+                if not quiet():
+                    print(str(exc), file=sys.stderr)
                 raise typer.Exit(130) from None
 
         return app.command(*args, **kwargs)(run)
@@ -92,7 +104,9 @@ def pretrain(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (train.epochs)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (train.batch_size)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override any recipe key: --set optim.lr=0.1 (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint; "
+                                "--resume auto: continue it if --out holds one, else start (for requeued jobs)."),
+    resume_auto: bool = typer.Option(False, "--resume-auto", hidden=True),
     resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue the run in --out from this "
                                                "checkpoint (e.g. its checkpoints/epoch-4.pt) instead of the last."),
     force: bool = typer.Option(False, "--force", help="Replace the run in a non-empty --out."),
@@ -107,6 +121,12 @@ def pretrain(
     from .runfolder import check_out, create_out, load_raw_recipe
 
     overrides = [parse_set(item) for item in set_]
+    if resume_auto:
+        if resume or force:
+            raise UserError("--resume auto decides by itself whether to continue; drop --resume and --force")
+        from .runfolder import holds_run
+
+        resume = out is not None and holds_run(out)
     if resume_from is not None:
         if not resume_from.is_file():
             raise UserError(f"--resume-from '{resume_from}' is not a file; give a checkpoint such as RUN/checkpoints/epoch-4.pt")
@@ -126,17 +146,23 @@ def pretrain(
         if resume:
             raise UserError("--resume needs --out, the run folder to continue")
         out = Path("runs") / f"{resolved.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_out(out, resume, force)
 
-    from .engine import Trainer
+    from .engine import Trainer, ranks
 
-    console = _stderr()
-    trainer = Trainer(resolved, out, console)
-    trainer.resume_from = resume_from
-    trainer.prepare(resume)  # everything that can be refused is refused before anything is written
-    with create_out(out, force and not resume, resume):  # one writer per run folder, until the run ends
-        console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}", soft_wrap=True)
-        result = trainer.run(resume=resume)
+    ranks.start(resolved.train.device)  # under torchrun: join the other processes
+    try:
+        check_out(out, resume, force)
+        ranks.barrier()  # every rank has checked --out before rank 0 creates it
+        console = _stderr()
+        trainer = Trainer(resolved, out, console)
+        trainer.resume_from = resume_from
+        trainer.prepare(resume)  # everything that can be refused is refused before anything is written
+        with ranks.on_main(lambda: create_out(out, force and not resume, resume)):  # one writer per run folder
+            console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}",
+                          soft_wrap=True)
+            result = trainer.run(resume=resume)
+    finally:
+        ranks.finish()
     if not as_json:
         console.print(f"done in {result['seconds']:.0f} s; backbone: {result['backbone']}")
     _emit(result, as_json)
@@ -241,53 +267,12 @@ def finetune(
 
     [dim]Example: sslcli finetune runs/a --data synthetic:shapes --fraction 0.1 --json[/dim]
     """
-    from .evaluation.run import DataChoice, announce, choose_data, data_fields
-    from .recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
-    from .runfolder import check_out, create_out
+    from .finetune import run_finetune
 
-    overrides = [parse_set(item) for item in set_]
-    raw = read_yaml(find_recipe(recipe))
-    set_data = [value for key, value in overrides if key == ["data", "source"]]
-    choice = DataChoice(str(set_data[-1]), None, "--data") if set_data and not data else choose_data(model, data, data_root)
-    if model.startswith("random:"):
-        model_keys = {("backbone", "name"): model[len("random:"):], ("backbone", "weights"): None}
-        if not model_keys[("backbone", "name")]:
-            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
-    else:
-        from .backbones import read_weights
-
-        _, info, weights = read_weights(model)
-        model_keys = {("backbone", "name"): info.timm_name, ("backbone", "small_input"): info.small_input,
-                      ("backbone", "weights"): str(weights), ("data", "image_size"): info.input_size}
-    shortcuts = {**model_keys, ("data", "source"): choice.source, ("data", "root"): choice.root,
-                 ("data", "fraction"): fraction, ("train", "epochs"): epochs, ("train", "batch_size"): batch_size,
-                 ("train", "device"): device}
-    overrides = [(list(key), value) for key, value in shortcuts.items() if value is not None or key[1] == "weights"] + overrides
-    from .registry import get_method
-
-    resolved = resolve_recipe(apply_overrides(raw, overrides), lambda name: get_method(name).Config)
-    out = out or Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_out(out, False, force)
-
-    from .engine import Trainer
-    from .evaluation.run import classifier_accuracy
-
-    console = _stderr()
-    trainer = Trainer(resolved, out, console)
-    trainer.prepare()
-    announce(choice, model)
-    from .files import atomic_write
-
-    with create_out(out, force):
-        console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
-        trained = trainer.run()
-        scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
-        result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
-                  "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
-                  "seconds": trained["seconds"]}
-        atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
+    result = run_finetune(model, data, data_root, fraction=fraction, epochs=epochs, out=out, recipe=recipe,
+                          batch_size=batch_size, settings=set_, force=force, device=device, console=_stderr())
     if not as_json:
-        _table(f"fine-tune  {model} on {choice.source}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
+        _table(f"fine-tune  {model} on {result['data']}", {"fraction": "fraction", "n_train": "train images", "top1": "val top-1",
                                                  "top5": "val top-5"}, [result])
     _emit(result, as_json)
 
@@ -389,4 +374,6 @@ def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> No
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Run the CLI (exits with the command's code)."""
-    app(args=argv, prog_name="sslcli")
+    from .launch import run_app
+
+    sys.exit(run_app(app, sys.argv[1:] if argv is None else list(argv)))

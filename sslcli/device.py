@@ -12,9 +12,15 @@ from .errors import UserError
 
 
 def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu or auto")
-    if name == "auto":
+    """auto, cpu, cuda or cuda:N as a torch device; anything else is refused naming the choices."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"--device {name!r} is unknown; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but this machine has no usable CUDA GPU; use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+
+def quiet() -> bool:
+    """Whether this is a process other than rank 0 of a torchrun launch, which prints nothing."""
+    return os.environ.get("RANK", "0") != "0"
 
 
 def stderr():
     """A rich console on stderr (imported when first used, so `--help` stays quick)."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(file=open(os.devnull, "w")) if quiet() else Console(stderr=True)
 
 
 def emit(result: dict, as_json: bool) -> None:
-    if as_json:
+    if as_json and not quiet():
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
 

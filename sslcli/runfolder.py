@@ -44,6 +44,11 @@ def load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional[
     return raw
 
 
+def holds_run(out: Path) -> bool:
+    """Whether `out` holds a run that --resume can continue (its checkpoint or at least its recipe)."""
+    return (out / "checkpoints" / "last.pt").is_file() or (out / "recipe.yaml").is_file()
+
+
 def check_out(out: Path, resume: bool, force: bool) -> None:
     """Refuse to mix runs (a non-empty folder needs --resume or --force) and unwritable folders,
     without creating or changing anything."""
@@ -52,7 +57,7 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder path")
     if resume:
-        if not (out / "checkpoints" / "last.pt").is_file() and not (out / "recipe.yaml").is_file():
+        if not holds_run(out):
             raise UserError(f"--resume: '{out}' holds no run to continue (no checkpoints/last.pt); run without --resume to start one")
     elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise UserError(f"--out '{out}' is not empty; pass --resume to continue that run or --force to replace it")

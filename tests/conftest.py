@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import json
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sslcli.cli import main
+
+# The fuzz suite (test_fuzz.py): a few derandomised examples per property in the suite, so CI
+# is repeatable; `pytest tests/test_fuzz.py --hypothesis-profile soak` draws thousands at random.
+_FUZZ = dict(deadline=None, database=None, print_blob=True,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+                                    HealthCheck.function_scoped_fixture])
+settings.register_profile("suite", max_examples=12, derandomize=True, **_FUZZ)
+settings.register_profile("soak", max_examples=int(os.environ.get("SSLCLI_FUZZ_EXAMPLES", "1000")), **_FUZZ)
+settings.load_profile("suite")
 
 # Small enough to train in seconds on 2 CPU cores.
 TINY = [
@@ -127,6 +140,21 @@ def write_patterns(root, n_train: int = 64, n_val: int = 24, size: int = 32, see
                 pixels = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (size, size, 3))
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
     return root
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under `root` with its size, mtime and content hash."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            state[str(path.relative_to(root))] = (path.stat().st_size, path.stat().st_mtime_ns,
+                                                  hashlib.sha1(path.read_bytes()).hexdigest())
+        elif path.is_dir():
+            try:
+                state[str(path.relative_to(root)) + "/"] = (path.stat().st_mtime_ns,)
+            except PermissionError:
+                pass
+    return state
 
 
 def main_json(*args) -> dict:

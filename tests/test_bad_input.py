@@ -3,7 +3,6 @@ traceback, and creates or changes nothing (the whole working folder is compared 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, pretrain_run, write_bad_images, write_images
+from conftest import TINY, pretrain_run, snapshot, write_bad_images, write_images
 
 
 @pytest.fixture(scope="module")
@@ -116,21 +115,6 @@ class Workspace:
                 arg = arg[:start] + self.make(arg[start + 1:end]) + arg[end + 1:]
             out.append(arg)
         return out
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under `root` with its size, mtime and content hash."""
-    state = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            state[str(path.relative_to(root))] = (path.stat().st_size, path.stat().st_mtime_ns,
-                                                  hashlib.sha1(path.read_bytes()).hexdigest())
-        elif path.is_dir():
-            try:
-                state[str(path.relative_to(root)) + "/"] = (path.stat().st_mtime_ns,)
-            except PermissionError:
-                pass
-    return state
 
 
 P = ["pretrain", "--out", "{OUT}"]

@@ -27,8 +27,8 @@ def _standardise(z: torch.Tensor) -> torch.Tensor:
 def cross_correlation(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """(D, D) matrix C_ij = mean over the batch of z1n[:, i] * z2n[:, j], each dimension standardised over the batch.
 
-    The statistics are this process's batch; the paper's code uses synchronised BatchNorm and an
-    all-reduced C instead.
+    The statistics are those of the batch given: under torchrun the method passes the global batch,
+    gathered with gradients, as the paper's code does with its all-reduced C.
     """
     _check(z1, z2, "cross_correlation")
     return _standardise(z1).T @ _standardise(z2) / z1.shape[0]

@@ -36,7 +36,8 @@ def vicreg_loss(
     as in the authors' code, for which the weights 25/25/1 were tuned (the paper's equation sums
     them, which doubles this term's pull).
     covariance: for each branch, the sum of the squared off-diagonal entries of the unbiased (D, D)
-    covariance matrix, divided by D; the two branches summed. Statistics are this process's batch.
+    covariance matrix, divided by D; the two branches summed. Statistics are those of the batch given (under torchrun the
+    method passes the global batch, gathered with gradients).
     """
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"vicreg_loss expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")

@@ -104,6 +104,7 @@ def make_pairs(clips: int, frames: int, negative_share: float, hard_share: float
 class AudioVisual(Method):
     Config = AudioVisualConfig
     description = "video and sound: say whether a second of sound belongs to a frame (two towers, L3-Net / AVE-Net)"
+    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
     data_kind = "video"
 
     def __init__(self, cfg: AudioVisualConfig, recipe, backbone, feature_dim, image_size, num_classes=None):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..losses import barlow_twins_loss
 from ..recipe import MethodConfig, option
 from ..registry import register_method
@@ -39,5 +40,7 @@ class BarlowTwins(JointEmbedding):
     def training_step(self, views: torch.Tensor) -> StepOutput:
         z = self.projector(self.backbone(views)).float()
         z1, z2 = z.chunk(2)
-        loss = self.cfg.scale * barlow_twins_loss(z1, z2, self.cfg.lambda_offdiag)
+        # the global batch's correlation on every rank; gradients are summed back to each rank's share
+        g1, g2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
+        loss = self.cfg.scale * barlow_twins_loss(g1, g2, self.cfg.lambda_offdiag)
         return loss, self.spread(z1)

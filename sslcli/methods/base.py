@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..data.clips import SoundPlan
 from ..errors import UserError
 from ..recipe import MethodConfig, Recipe
@@ -28,6 +29,7 @@ class Method(nn.Module):
     two_views: ClassVar[bool] = False  # makes two views of an item (time-contrastive views may come from clips)
     uses_labels: ClassVar[bool] = False
     uses_indices: ClassVar[bool] = False  # make_views also gets each image's index in the training split
+    multi_process: ClassVar[bool] = True  # under torchrun, shard_views gives each rank its exact share
 
     def __init__(self, cfg: MethodConfig, recipe: Recipe, backbone: nn.Module, feature_dim: int, image_size: int,
                  num_classes: Optional[int] = None):
@@ -98,6 +100,13 @@ class Method(nn.Module):
         `labels` is given only to methods with `uses_labels`; methods with `uses_indices` also
         get `indices`, each image's position in the training split (for per-image memory)."""
         raise NotImplementedError
+
+    def shard_views(self, views: Any, n: int) -> Any:
+        """This process's share of `views` made for a global batch of `n` items (under torchrun
+        every rank makes the global batch's views, then trains on its share). By default every
+        tensor whose first dimension is n, or k*n for k views stacked batch after batch, keeps this
+        rank's items, and the rest is kept whole; a method with another layout overrides this."""
+        return distributed.share(views, n)
 
     def training_step(self, views: Any) -> StepOutput:
         raise NotImplementedError

@@ -76,7 +76,8 @@ class MoCo(JointEmbedding):
         with torch.no_grad():
             acc = (info_nce_logits(q1, k2, queue).argmax(1) == 0).float().mean()
             # every rank's keys, so all ranks keep the same queue
-            enqueue(self.queue, self.queue_pointer, distributed.gather(torch.cat([k2, k1]) if cfg.symmetric else k2))
+            keys = torch.cat([distributed.gather(k2), distributed.gather(k1)]) if cfg.symmetric else distributed.gather(k2)
+            enqueue(self.queue, self.queue_pointer, keys)  # in the order one process would enqueue them
         return loss, {"pos_acc": acc, **self.spread(q1)}
 
     def on_step_end(self, progress: float) -> None:

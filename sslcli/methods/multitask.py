@@ -73,6 +73,7 @@ class MultitaskConfig(MethodConfig):
 class Multitask(Method):
     Config = MultitaskConfig
     description = "pretext: several pretext tasks on one backbone, each with its own head (alternating or mixed)"
+    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
 
     def __init__(self, cfg: MultitaskConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)

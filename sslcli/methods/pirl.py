@@ -88,6 +88,11 @@ class PIRL(JointEmbedding):
                                   device=self.bank.device)
         return image, resize_patches(tiles, self.tile_input).flatten(0, 1), indices.to(self.bank.device), negatives
 
+    def shard_views(self, views, n: int):
+        image, tiles, indices, negatives = views  # tiles item-major; the negatives are the whole batch's
+        return (distributed.share(image, n), distributed.share_items(tiles, n), distributed.share(indices, n),
+                negatives)
+
     def training_step(self, views) -> StepOutput:
         image, tiles, indices, drawn = views
         cfg = self.cfg

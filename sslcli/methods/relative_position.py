@@ -135,6 +135,7 @@ class RelativePositionConfig(MethodConfig):
 class RelativePosition(Method):
     Config = RelativePositionConfig
     description = "pretext: say where one of 8 patches around a centre patch sits (3x3 grid, gaps, jitter)"
+    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
 
     def __init__(self, cfg: RelativePositionConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
         super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)

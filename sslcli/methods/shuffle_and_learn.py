@@ -88,6 +88,7 @@ class ShuffleAndLearnConfig(MethodConfig):
 class ShuffleAndLearn(Method):
     Config = ShuffleAndLearnConfig
     description = "video pretext: say whether three frames of a clip are in temporal order (motion-sampled tuples)"
+    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
     data_kind = "video"
 
     def __init__(self, cfg: ShuffleAndLearnConfig, recipe, backbone, feature_dim, image_size, num_classes=None):

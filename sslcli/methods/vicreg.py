@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..losses import vicreg_loss
 from ..recipe import MethodConfig, option
 from ..registry import register_method
@@ -41,5 +42,7 @@ class VICReg(JointEmbedding):
         z = self.projector(self.backbone(views)).float()
         z1, z2 = z.chunk(2)
         cfg = self.cfg
-        loss, parts = vicreg_loss(z1, z2, cfg.invariance_weight, cfg.variance_weight, cfg.covariance_weight)
+        # the global batch's statistics on every rank; gradients are summed back to each rank's share
+        g1, g2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
+        loss, parts = vicreg_loss(g1, g2, cfg.invariance_weight, cfg.variance_weight, cfg.covariance_weight)
         return loss, {**parts, **self.spread(z1)}

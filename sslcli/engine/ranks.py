@@ -1,0 +1,112 @@
+"""Training on several processes (`torchrun`): the process group the launcher describes, each
+rank's share of a global batch's views, gradients averaged over ranks, and the step's numbers
+agreed by all of them. Every function is a no-op in a single process.
+
+Every rank loads the same global batch and makes the same views (one seeded generator), then
+keeps its share; so N ranks see exactly the views one process sees at N times the batch, and
+the data order, resume and augmentation stay those of one process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import even, is_distributed, rank, world_size
+from ..errors import UserError
+
+__all__ = ["agree", "average_gradients", "barrier", "check_batch", "even", "finish", "is_main", "launched", "on_main",
+           "rank", "start", "world_size"]
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, srun with torchrun's variables) started several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device: str) -> None:
+    """Join the process group of a launched run: NCCL on CUDA (this rank's GPU: LOCAL_RANK), gloo
+    on the CPU. A no-op when not launched or already joined."""
+    if not launched() or dist.is_initialized():
+        return
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def check_batch(batch_size: int) -> None:
+    """The global batch must split evenly over the ranks."""
+    world = world_size()
+    if batch_size % world:
+        raise UserError(f"train.batch_size {batch_size} is the global batch and must split evenly over the {world} "
+                        f"processes; pass --batch-size {max(world, batch_size - batch_size % world)}")
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average the gradients of `module` over the ranks, in one collective. With losses that
+    gather embeddings through torch.distributed.nn (gradients summed back to their rank), the
+    average is the gradient of the global batch's loss."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def agree(loss: float, metrics: dict[str, float], stop: bool) -> tuple[float, dict[str, float], bool]:
+    """The step's loss and metrics averaged over the ranks, and whether any rank was asked to stop,
+    in one collective, so every rank logs, diverges and stops at the same step."""
+    if not is_distributed():
+        return loss, metrics, stop
+    keys = sorted(metrics)
+    values = torch.tensor([loss, *(metrics[k] for k in keys), float(stop)], dtype=torch.float64)
+    dist.all_reduce(values)
+    values[:-1] /= world_size()
+    return float(values[0]), {k: float(v) for k, v in zip(keys, values[1:-1])}, bool(values[-1] > 0)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def finish() -> None:
+    """Leave the process group (at the end of a launched command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+@contextlib.contextmanager
+def on_main(opened: Callable[[], contextlib.AbstractContextManager]) -> Iterator[None]:
+    """Enter `opened()` on rank 0 alone (the run folder and its lock) for the body, which every
+    rank runs; when rank 0 is refused, every rank is (the others without a message of their own)."""
+    with contextlib.ExitStack() as stack:
+        failure: Optional[UserError] = None
+        if is_main():
+            try:
+                stack.enter_context(opened())
+            except UserError as exc:
+                failure = exc
+        if is_distributed():
+            flag = torch.tensor([float(failure is not None)])
+            dist.all_reduce(flag)
+            if flag.item() > 0 and failure is None:
+                failure = UserError("rank 0 could not open the run folder")
+        if failure is not None:
+            raise failure
+        yield

@@ -1,0 +1,73 @@
+"""`sslcli finetune`: a model's weights and a new linear head trained with labels through the
+pretraining engine and its `finetune` recipe, then scored on the val split."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+
+from .errors import UserError
+from .recipe import Recipe
+
+
+def finetune_recipe(model: str, choice: Any, recipe: str, settings: list[str], **keys: Any) -> Recipe:
+    """The bundled or given fine-tuning recipe with the model's backbone (name, input, weights),
+    the chosen data, the command's options (`keys`: fraction, epochs, batch_size, device) and
+    the --set `settings`, which win."""
+    from .recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
+    from .registry import get_method
+
+    overrides = [parse_set(item) for item in settings]
+    raw = read_yaml(find_recipe(recipe))
+    if model.startswith("random:"):
+        model_keys = {("backbone", "name"): model[len("random:"):], ("backbone", "weights"): None}
+        if not model_keys[("backbone", "name")]:
+            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+    else:
+        from .backbones import read_weights
+
+        _, info, weights = read_weights(model)
+        model_keys = {("backbone", "name"): info.timm_name, ("backbone", "small_input"): info.small_input,
+                      ("backbone", "weights"): str(weights), ("data", "image_size"): info.input_size}
+    shortcuts = {**model_keys, ("data", "source"): choice.source, ("data", "root"): choice.root,
+                 ("data", "fraction"): keys["fraction"], ("train", "epochs"): keys["epochs"],
+                 ("train", "batch_size"): keys["batch_size"], ("train", "device"): keys["device"]}
+    overrides = [(list(key), value) for key, value in shortcuts.items() if value is not None or key[1] == "weights"] + overrides
+    return resolve_recipe(apply_overrides(raw, overrides), lambda name: get_method(name).Config)
+
+
+def run_finetune(model: str, data: Optional[str], data_root: Optional[str], *, fraction: float, epochs: Optional[int],
+                 out: Optional[Path], recipe: str, batch_size: Optional[int], settings: list[str], force: bool,
+                 device: Optional[str], console: Console) -> dict:
+    """Fine-tune `model` into run folder `out` and return the --json result (also written as
+    eval.json); everything that can be refused is refused before `out` is touched."""
+    from .evaluation.run import DataChoice, announce, choose_data, classifier_accuracy, data_fields
+    from .files import atomic_write
+    from .recipe import parse_set
+    from .runfolder import check_out, create_out
+
+    set_data = [value for key, value in map(parse_set, settings) if key == ["data", "source"]]
+    choice = DataChoice(str(set_data[-1]), None, "--data") if set_data and not data else choose_data(model, data, data_root)
+    resolved = finetune_recipe(model, choice, recipe, settings, fraction=fraction, epochs=epochs, batch_size=batch_size,
+                               device=device)
+    out = out or Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out(out, False, force)
+
+    from .engine import Trainer
+
+    trainer = Trainer(resolved, out, console)
+    trainer.prepare()
+    announce(choice, model)
+    with create_out(out, force):
+        console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
+        trained = trainer.run()
+        scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
+        result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
+                  "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
+                  "seconds": trained["seconds"]}
+        atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
+    return result
