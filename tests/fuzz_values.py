@@ -86,7 +86,19 @@ def field_values(key: str, tp: Any, field: Any) -> st.SearchStrategy:
     if key in ("data.source", "data.root", "backbone.weights"):  # no downloads, no paths outside the case
         tp = str
     valid = _valid(key, tp, dict(field.metadata))
-    return st.one_of(valid, valid, valid, anything())
+    cap = COST_CAPS.get(key, SIZE_CAP if any(w in key for w in SIZE_WORDS) else None)
+    junk = anything() if cap is None else anything().filter(lambda v: not _costly(v, cap))
+    return st.one_of(valid, valid, valid, junk)
+
+
+def _costly(value: Any, cap: float) -> bool:
+    """A number above the cost cap that would still be accepted and run long, rather than fail at
+    once (sizes beyond 2**40 fail to allocate in a moment, and are kept)."""
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except (ValueError, OverflowError):
+        return False
+    return number is not None and math.isfinite(number) and cap < number < 2**40
 
 
 def as_set_text(value: Any) -> str:
@@ -120,6 +132,17 @@ def _models(world: dict) -> list[str]:
             "random:", "random:resnt18", "no-such-run", "random:\u2603"]
 
 
+COST_OPTIONS = {"--epochs", "--queries", "--max", "--synthetic-train", "--synthetic-val", "--frames", "--image-size",
+                "--fps", "--k"}
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
 def option_values(name: str, world: dict) -> st.SearchStrategy:
     """Values for option `name` (or argument): valid ones that run cheaply, and wrong ones."""
     junk = st.sampled_from(NASTY_TEXT) | st.text(max_size=10) | INTS.map(str) | FLOATS.map(str)
@@ -143,6 +166,9 @@ def option_values(name: str, world: dict) -> st.SearchStrategy:
         "--resume-from": ["missing.pt", world["TEXT"]],
         "data": ["synthetic:moving-shapes", world["CLIPS"], world["LABELLED"], "synthetic:shapes", "nowhere"],
     }
+    if name in COST_OPTIONS:  # their wrong values only: a valid large one would train for minutes
+        junk = st.sampled_from([t for t in NASTY_TEXT if not _positive(t)]) | st.integers(max_value=0).map(str) \
+            | st.text(alphabet="abc-.,e ", max_size=6)
     valid = pools.get(name)
     if valid is None:  # numbers without a cost: temperature, lr, weight decay, fraction, seed
         valid = FLOATS.map(str) | INTS.map(str)
