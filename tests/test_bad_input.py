@@ -203,6 +203,8 @@ CASES = [
     ("kNN k not a number", ["knn", "random:resnet18", "--k", "many"], "must be a number"),
     ("unknown probe layer", ["probe", "random:resnet18", "--layers", "layer9"], "unknown layer 'layer9'"),
     ("neighbours picture not a PNG", ["visualize-neighbours", "random:resnet18", "--out", "{OUT}.jpg"], "must end in .png"),
+    pytest.param("synchronised BatchNorm without CUDA", [*P, *SYNTH, "--set", "train.sync_batchnorm=true"],
+                 "train.sync_batchnorm needs CUDA GPUs", marks=no_cuda),
     pytest.param("--device cuda without CUDA", [*P, *SYNTH, "--device", "cuda"], "no usable CUDA", marks=no_cuda),
 ]
 

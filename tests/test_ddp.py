@@ -50,7 +50,7 @@ def _step(name: str, method):
     method.zero_grad(set_to_none=True)
     loss.backward()
     ranks.average_gradients(method)
-    loss, _, _ = ranks.agree(float(loss.detach()), {k: float(v) for k, v in metrics.items()}, False)
+    loss, _ = ranks.agree(float(loss.detach()), {k: float(v) for k, v in metrics.items()})
     return loss, {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
 
 
@@ -240,3 +240,27 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert "loss became nan at epoch 1, step 3" in errors[0]
     assert not [line for line in r.stderr.splitlines() if line.startswith("[rank")], r.stderr[-3000:]  # no worker traceback
     assert "exitcode  : 1" in r.stderr  # both ranks: the run failed, neither crashed
+
+
+def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
+    import signal
+    import time
+
+    run = [*TINY_RUN, "--epochs", "6", "--set", "data.synthetic_train=256", "--out", str(tmp_path / "d")]
+    job = _start_torchrun("pretrain", *run, cwd=tmp_path)
+    metrics, deadline = tmp_path / "d" / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.05)
+    rank1 = [pid for pid in _descendants(job.pid)
+             if b"RANK=1\x00" in Path(f"/proc/{pid}/environ").read_bytes().replace(b"LOCAL_RANK", b"")]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGTERM)  # one rank alone is asked to stop
+    _, err = job.communicate(timeout=300)
+    stopped = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(stopped) == 1 and "checkpoint saved" in stopped[0], err[-3000:]
+    codes = [line.split(":")[1].split()[0] for line in err.splitlines() if line.strip().startswith("exitcode")]
+    assert codes and set(codes) == {"130"}, err[-3000:]  # both ranks stopped by the agreement, neither crashed
+    ckpt = torch.load(tmp_path / "d" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["global_step"] < 6 * 16
+    again = _torchrun("pretrain", *run, "--resume", cwd=tmp_path)
+    assert again.returncode == 0 and f"step {ckpt['global_step']}" in again.stderr, again.stderr[-2000:]

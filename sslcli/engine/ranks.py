@@ -18,7 +18,7 @@ import torch.distributed as dist
 from ..distributed import even, is_distributed, rank, world_size
 from ..errors import UserError
 
-__all__ = ["agree", "average_gradients", "barrier", "check_batch", "even", "finish", "is_main", "launched", "on_main",
+__all__ = ["agree", "any_rank", "average_gradients", "barrier", "check_batch", "even", "finish", "is_main", "launched", "on_main",
            "rank", "start", "world_size"]
 
 
@@ -64,16 +64,25 @@ def average_gradients(module: torch.nn.Module) -> None:
         offset += g.numel()
 
 
-def agree(loss: float, metrics: dict[str, float], stop: bool) -> tuple[float, dict[str, float], bool]:
-    """The step's loss and metrics averaged over the ranks, and whether any rank was asked to stop,
-    in one collective, so every rank logs, diverges and stops at the same step."""
+def agree(loss: float, metrics: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """The step's loss and metrics averaged over the ranks, in one collective, so every rank logs
+    the same numbers and stops on the same diverged step."""
     if not is_distributed():
-        return loss, metrics, stop
+        return loss, metrics
     keys = sorted(metrics)
-    values = torch.tensor([loss, *(metrics[k] for k in keys), float(stop)], dtype=torch.float64)
+    values = torch.tensor([loss, *(metrics[k] for k in keys)], dtype=torch.float64)
     dist.all_reduce(values)
-    values[:-1] /= world_size()
-    return float(values[0]), {k: float(v) for k, v in zip(keys, values[1:-1])}, bool(values[-1] > 0)
+    values /= world_size()
+    return float(values[0]), {k: float(v) for k, v in zip(keys, values[1:])}
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank (a stop request that reached one process alone)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
 
 
 def barrier() -> None:

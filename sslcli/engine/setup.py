@@ -63,6 +63,11 @@ def build_method(recipe: Recipe, ds: DataSource, device: torch.device) -> tuple[
     classes = len(ds.classes) if ds.classes else None
     with plugin_guard(r.method.name, "building its model"):
         method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size, classes)
+    if r.train.sync_batchnorm:
+        if device.type != "cuda":
+            raise UserError("train.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
+                            "set train.sync_batchnorm=false on the CPU")
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # momentum copies included
     method = method.to(device)
     if r.train.channels_last:
         method = method.to(memory_format=torch.channels_last)

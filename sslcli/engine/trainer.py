@@ -139,6 +139,8 @@ class Trainer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+            if ranks.world_size() > 1:  # the launcher SIGTERMs the ranks left when one exits: let them finish
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def run(self, resume: bool = False) -> dict:
         r = self.recipe
@@ -233,9 +235,7 @@ class Trainer:
                             continue
                         t0 = time.time()
                         loss, metrics = self._step(method, batch, aug_gen, optimizer, scaler)
-                        loss, metrics, stop = ranks.agree(loss, metrics, self._stop_signal is not None)
-                        if stop and self._stop_signal is None:
-                            self._stop_signal = signal.SIGTERM  # another rank was asked to stop
+                        loss, metrics = ranks.agree(loss, metrics)
                         if not math.isfinite(loss):
                             raise TrainingError(
                                 f"loss became {loss} at epoch {epoch + 1}, step {global_step + 1}; {kept_message(ckpt_dir)}; "
@@ -255,7 +255,9 @@ class Trainer:
                         if global_step % r.train.log_every == 0:
                             log_record(metrics_file, {"step": global_step, "epoch": epoch + (step + 1) / steps_per_epoch,
                                                      "loss": loss, "lr": lr, "images_per_s": ips, **metrics})
-                        if self._stop_signal is not None and step + 1 < steps_per_epoch:
+                        # every rank acts on the agreed flag, never on its own: a signal may reach one rank alone
+                        stop = ranks.any_rank(self._stop_signal is not None)
+                        if stop and step + 1 < steps_per_epoch:
                             save(epoch, step + 1)
                             raise Interrupted(f"interrupted at epoch {epoch + 1}, step {global_step}; checkpoint saved")
                     elapsed = time.time() - epoch_start
@@ -269,9 +271,10 @@ class Trainer:
                     warning = method.epoch_warning(record)
                     if warning:
                         progress.console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
-                    if (epoch + 1) % r.train.checkpoint_every == 0 or epoch + 1 == r.train.epochs or self._stop_signal:
+                    stop = ranks.any_rank(self._stop_signal is not None)
+                    if (epoch + 1) % r.train.checkpoint_every == 0 or epoch + 1 == r.train.epochs or stop:
                         save(epoch + 1, 0)
-                    if self._stop_signal is not None and epoch + 1 < r.train.epochs:
+                    if stop and epoch + 1 < r.train.epochs:
                         raise Interrupted(f"interrupted after epoch {epoch + 1}, step {global_step}; checkpoint saved")
         except OSError as exc:  # a full disk, a lost mount: the previous checkpoint is still whole
             raise TrainingError(
