@@ -197,7 +197,7 @@ def test_a_two_rank_run_killed_and_resumed_with_resume_auto_ends_as_if_never_sto
 
     from safetensors.torch import load_file
 
-    run = [*TINY_RUN, "--epochs", "6", "--set", "data.synthetic_train=128"]
+    run = [*TINY_RUN, "--epochs", "4", "--set", "data.synthetic_train=128"]
     assert _torchrun("pretrain", *run, "--out", str(tmp_path / "whole"), cwd=tmp_path).returncode == 0
     job = _start_torchrun("pretrain", *run, "--out", str(tmp_path / "cut"), "--resume", "auto", cwd=tmp_path)
     metrics = tmp_path / "cut" / "metrics.jsonl"
@@ -246,7 +246,7 @@ def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
     import signal
     import time
 
-    run = [*TINY_RUN, "--epochs", "6", "--set", "data.synthetic_train=256", "--out", str(tmp_path / "d")]
+    run = [*TINY_RUN, "--epochs", "3", "--set", "data.synthetic_train=256", "--out", str(tmp_path / "d")]
     job = _start_torchrun("pretrain", *run, cwd=tmp_path)
     metrics, deadline = tmp_path / "d" / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -261,6 +261,6 @@ def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
     codes = [line.split(":")[1].split()[0] for line in err.splitlines() if line.strip().startswith("exitcode")]
     assert codes and set(codes) == {"130"}, err[-3000:]  # both ranks stopped by the agreement, neither crashed
     ckpt = torch.load(tmp_path / "d" / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["world_size"] == 2 and ckpt["global_step"] < 6 * 16
+    assert ckpt["world_size"] == 2 and ckpt["global_step"] < 3 * 16
     again = _torchrun("pretrain", *run, "--resume", cwd=tmp_path)
     assert again.returncode == 0 and f"step {ckpt['global_step']}" in again.stderr, again.stderr[-2000:]
