@@ -215,7 +215,7 @@ def probe(
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help=FRAMES_HELP),
     tower: str = typer.Option("vision", "--tower", help=TOWER_HELP),
     layers: str = typer.Option("last", "--layers", help="last, all, or names as timm reports them: stem,layer1,...,layer4."),
-    epochs: int = typer.Option(100, "--epochs", min=1, help="Epochs of each linear classifier on the cached features."),
+    epochs: int = typer.Option(100, "--epochs", min=1, max=100_000, help="Epochs of each linear classifier on the cached features."),
     lr: float = typer.Option(1e-3, "--lr", min=0, help="AdamW learning rate (features are standardised)."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", min=0, help="AdamW weight decay."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Classifier batch size."),
@@ -316,9 +316,10 @@ def write_clips_command(
     out: Path = typer.Option(..., "--out", "-o", help="A new folder; it becomes a --data source of .mp4 files."),
     limit: Optional[int] = typer.Option(None, "--max", min=1, help="At most this many clips per split."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Frame side in px (default: the source's)."),
-    fps: float = typer.Option(8.0, "--fps", min=0.1, help="Frames per second."),
-    synthetic_train: Optional[int] = typer.Option(None, "--synthetic-train", min=1, help="Synthetic sources: training clips."),
-    synthetic_val: Optional[int] = typer.Option(None, "--synthetic-val", min=1, help="Synthetic sources: val clips."),
+    fps: float = typer.Option(8.0, "--fps", min=0.1, max=240, help="Frames per second."),
+    synthetic_train: Optional[int] = typer.Option(None, "--synthetic-train", min=1, max=1_000_000,
+                                             help="Synthetic sources: training clips."),
+    synthetic_val: Optional[int] = typer.Option(None, "--synthetic-val", min=1, max=1_000_000, help="Synthetic sources: val clips."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write a clip source out as real video files (H.264 with an AAC soundtrack where the source

@@ -73,17 +73,18 @@ class DataConfig:
         "auto", "side of the square images the network sees; auto: the source's own size", min=8
     )
     root: Union[str, None] = option(None, "where torchvision datasets live (cifar10, cifar100, stl10)")
-    workers: Union[int, Literal["auto"]] = option("auto", "data loading processes; auto: 0 when in memory", min=0)
+    workers: Union[int, Literal["auto"]] = option("auto", "data loading processes; auto: 0 when in memory", min=0, max=256)
     cache_max_gb: float = option(4.0, "decode the dataset once into memory when it takes less than this", min=0)
     fraction: float = option(1.0, "train on this class-balanced fraction of the training split (labelled data)", min=1e-6, max=1)
     synthetic_train: Union[int, Literal["auto"]] = option(
-        "auto", "synthetic sources: training items to generate; auto: 2000 images or 400 clips", min=1)
+        "auto", "synthetic sources: training items to generate; auto: 2000 images or 400 clips", min=1, max=1_000_000)
     synthetic_val: Union[int, Literal["auto"]] = option(
-        "auto", "synthetic sources: validation items to generate; auto: 500 images or 100 clips", min=1)
-    fps: float = option(8.0, "clips: frames per second decoded", min=0.1)
+        "auto", "synthetic sources: validation items to generate; auto: 500 images or 100 clips", min=1, max=1_000_000)
+    fps: float = option(8.0, "clips: frames per second decoded", min=0.1, max=240)
     clip_frames: int = option(16, "clips: consecutive frames per training item (a window at a random start "
                                   "each epoch); shorter clips are skipped", min=1)
-    max_clip_seconds: float = option(30.0, "clips: only the first this many seconds of a clip are used", min=0.1)
+    max_clip_seconds: float = option(30.0, "clips: only the first this many seconds of a clip are used", min=0.1,
+                                    max=86_400)
     eval_frames: int = option(8, "clips: evenly spaced frames whose features are averaged in evaluation", min=1)
     max_bad_fraction: float = option(
         0.01, "undecodable images are skipped and listed in skipped.txt; more than this fraction stops the run",
@@ -133,7 +134,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(30, "passes over the training data", min=1)
+    epochs: int = option(30, "passes over the training data", min=1, max=100_000)
     batch_size: int = option(128, "images per step", min=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto", "auto: fp32 on the CPU, bf16 (or fp16 AMP) on CUDA"

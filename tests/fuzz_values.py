@@ -87,18 +87,19 @@ def field_values(key: str, tp: Any, field: Any) -> st.SearchStrategy:
         tp = str
     valid = _valid(key, tp, dict(field.metadata))
     cap = COST_CAPS.get(key, SIZE_CAP if any(w in key for w in SIZE_WORDS) else None)
-    junk = anything() if cap is None else anything().filter(lambda v: not _costly(v, cap))
+    high = min(field.metadata.get("max", 2**40), 2**40)  # sizes beyond 2**40 fail to allocate at once: kept
+    junk = anything() if cap is None else anything().filter(lambda v: not _costly(v, cap, high))
     return st.one_of(valid, valid, valid, junk)
 
 
-def _costly(value: Any, cap: float) -> bool:
-    """A number above the cost cap that would still be accepted and run long, rather than fail at
-    once (sizes beyond 2**40 fail to allocate in a moment, and are kept)."""
+def _costly(value: Any, cap: float, high: float) -> bool:
+    """A number above the cost cap that the schema would still accept (up to `high`), so the case
+    would run long instead of being refused or failing at once."""
     try:
         number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
     except (ValueError, OverflowError):
         return False
-    return number is not None and math.isfinite(number) and cap < number < 2**40
+    return number is not None and math.isfinite(number) and cap < number <= high
 
 
 def as_set_text(value: Any) -> str:

@@ -39,7 +39,7 @@ class SwAVConfig(MultiCropConfig):
     prototypes: int = option(3000, "number of prototypes (clusters)", min=2)
     temperature: float = option(0.1, "softmax temperature of the swapped prediction", min=1e-4)
     epsilon: float = option(0.05, "Sinkhorn-Knopp entropy regularisation", min=1e-4)
-    sinkhorn_iterations: int = option(3, "Sinkhorn-Knopp iterations", min=1)
+    sinkhorn_iterations: int = option(3, "Sinkhorn-Knopp iterations", min=1, max=1000)
     freeze_prototypes_steps: int = option(300, "steps at the start during which the prototypes are not trained", min=0)
     small_crops: int = option(4, "low-resolution crops per image besides the 2 large ones", min=0)
     large_crop_scale: list[float] = option([0.3, 1.0], "area range of the 2 large crops (replaces augment.crop_scale)")
