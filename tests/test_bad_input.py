@@ -137,6 +137,8 @@ CASES = [
      "holds images, not clips"),
     ("clip folder with no readable clip", [*P, *SYNTH, "--data", "{NOCLIPS}"], "clips of"),
     ("clips all shorter than an item", [*P, *SYNTH, "--data", "{SHORTCLIPS}"], "too short: 1.00 s gives 8 frames"),
+    ("synthetic clips of fewer than 2 frames", ["write-clips", "synthetic:moving-shapes", "--out", "{OUT}", "--fps", "0.2"],
+     "use fps 0.5 or more"),
     ("time-contrastive views of images", [*P, *SYNTH, "--set", "augment.time_window=1"], "set augment.time_window=0"),
     ("time-contrastive views for a one-view method", [*P, "--method", "rotation", "--data", "synthetic:moving-shapes",
                                                       "--set", "data.synthetic_train=40", "--set", "augment.time_window=1"],

@@ -71,6 +71,9 @@ def _moving_shapes_source(name: str, image_size: int | str, seed: int, n_train: 
     from . import moving_shapes as ms
 
     size = ms.NATIVE_SIZE if image_size == "auto" else int(image_size)
+    if clips.fps * ms.SECONDS < 2:
+        raise UserError(f"synthetic:moving-shapes clips last {ms.SECONDS} s: at {clips.fps:g} frames per second they "
+                        f"hold fewer than 2 frames; use fps {2 / ms.SECONDS:g} or more")
     splits = {}
     for split, n in (("train", n_train), ("val", n_val)):
         frames, labels, audio = ms.generate_clips(n, seed, split, size, fps=clips.fps)  # drawn at the size asked for
