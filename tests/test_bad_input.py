@@ -149,6 +149,8 @@ CASES = [
     ("sound method on an image folder", [*P, "--method", "audio-visual", "--data", "{FLAT}"], "holds images, not clips"),
     ("audio tower of a run without one", ["knn", "{RUN}", "--tower", "audio"], "only audio-visual runs have an audio tower"),
     ("unknown tower", ["knn", "random:resnet18", "--tower", "smell"], "--tower 'smell' is unknown"),
+    ("audio tower of a vision weights file", ["probe", "{RUN}/backbone.safetensors", "--tower", "audio"],
+     "is a vision backbone, with no audio front end"),
     ("hard negatives farther apart than an item", [*P, "--method", "audio-visual", "--set", "data.synthetic_train=40",
                                                    "--set", "method.hard_negative_share=0.5"], "raise data.clip_frames"),
     ("bad spectrogram settings", [*P, "--method", "audio-visual", "--set", "method.window=1024"], "method.window=1024"),

@@ -129,6 +129,9 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
         model, info = load_model(model_spec, tower=tower)
         size = info.input_size
         if tower == "audio":
+            if front_end_of(info) is None:
+                raise UserError(f"'{model_spec}' is a vision backbone, with no audio front end; --tower audio needs an "
+                                f"audio-visual run folder or its audio_backbone.safetensors")
             size = _vision_size(model_spec)
     section = _run_data_section(model_spec)[0]
     bad = section.get("max_bad_fraction")  # a run's own tolerance for damaged images
