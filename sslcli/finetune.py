@@ -14,14 +14,13 @@ from .errors import UserError
 from .recipe import Recipe
 
 
-def finetune_recipe(model: str, choice: Any, recipe: str, settings: list[str], **keys: Any) -> Recipe:
+def finetune_recipe(model: str, choice: Any, recipe: str, overrides: list, **keys: Any) -> Recipe:
     """The bundled or given fine-tuning recipe with the model's backbone (name, input, weights),
     the chosen data, the command's options (`keys`: fraction, epochs, batch_size, device) and
-    the --set `settings`, which win."""
-    from .recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
+    the parsed --set `overrides`, which win."""
+    from .recipe import apply_overrides, find_recipe, read_yaml, resolve_recipe
     from .registry import get_method
 
-    overrides = [parse_set(item) for item in settings]
     raw = read_yaml(find_recipe(recipe))
     if model.startswith("random:"):
         model_keys = {("backbone", "name"): model[len("random:"):], ("backbone", "weights"): None}
@@ -50,9 +49,10 @@ def run_finetune(model: str, data: Optional[str], data_root: Optional[str], *, f
     from .recipe import parse_set
     from .runfolder import check_out, create_out
 
-    set_data = [value for key, value in map(parse_set, settings) if key == ["data", "source"]]
+    overrides = [parse_set(item) for item in settings]
+    set_data = [value for key, value in overrides if key == ["data", "source"]]
     choice = DataChoice(str(set_data[-1]), None, "--data") if set_data and not data else choose_data(model, data, data_root)
-    resolved = finetune_recipe(model, choice, recipe, settings, fraction=fraction, epochs=epochs, batch_size=batch_size,
+    resolved = finetune_recipe(model, choice, recipe, overrides, fraction=fraction, epochs=epochs, batch_size=batch_size,
                                device=device)
     out = out or Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out(out, False, force)

@@ -49,6 +49,11 @@ def junk_key() -> st.SearchStrategy:
     return st.tuples(sections, st.text(min_size=0, max_size=10)).map(lambda p: f"{p[0]}.{p[1]}")
 
 
+def _cost_cap(key: str) -> Any:
+    """The largest valid value drawn for `key`, or None for keys that cost nothing to raise."""
+    return COST_CAPS.get(key, SIZE_CAP if any(w in key for w in SIZE_WORDS) else None)
+
+
 def _valid(key: str, tp: Any, meta: dict) -> st.SearchStrategy:
     """Values of type `tp` within the field's bounds (and the cost caps)."""
     origin = typing.get_origin(tp)
@@ -63,7 +68,7 @@ def _valid(key: str, tp: Any, meta: dict) -> st.SearchStrategy:
     if tp is bool:
         return st.booleans()
     low, high = meta.get("min"), meta.get("max")
-    cap = COST_CAPS.get(key, SIZE_CAP if any(w in key for w in SIZE_WORDS) else None)
+    cap = _cost_cap(key)
     if tp is int:
         low = -(2**40) if low is None else math.ceil(low)
         high = min(h for h in (high, cap, 2**40) if h is not None)
@@ -86,7 +91,7 @@ def field_values(key: str, tp: Any, field: Any) -> st.SearchStrategy:
     if key in ("data.source", "data.root", "backbone.weights"):  # no downloads, no paths outside the case
         tp = str
     valid = _valid(key, tp, dict(field.metadata))
-    cap = COST_CAPS.get(key, SIZE_CAP if any(w in key for w in SIZE_WORDS) else None)
+    cap = _cost_cap(key)
     high = min(field.metadata.get("max", 2**40), 2**40)  # sizes beyond 2**40 fail to allocate at once: kept
     junk = anything() if cap is None else anything().filter(lambda v: not _costly(v, cap, high))
     return st.one_of(valid, valid, valid, junk)

@@ -134,10 +134,13 @@ def test_views_are_shared_out_by_blocks_of_the_global_batch(monkeypatch):
     assert distributed.share_items(tiles, 8).tolist() == [4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7]
 
 
+def _torchrun_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sslcli", *args]
+
+
 def _torchrun(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "sslcli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(_torchrun_argv(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 TINY_RUN = ["--method", "simclr", "--set", "data.synthetic_train=64", "--set", "data.synthetic_val=32",
@@ -170,9 +173,8 @@ def test_torchrun_refuses_a_batch_that_does_not_split_in_one_line(tmp_path):
 
 def _start_torchrun(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "sslcli", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(_torchrun_argv(*args), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def _descendants(pid: int) -> list[int]:
