@@ -149,8 +149,7 @@ def pretrain(
 
     from .engine import Trainer, ranks
 
-    ranks.start(resolved.train.device)  # under torchrun: join the other processes
-    try:
+    with ranks.joined(resolved.train.device):  # under torchrun: join the other processes
         check_out(out, resume, force)
         ranks.barrier()  # every rank has checked --out before rank 0 creates it
         console = _stderr()
@@ -161,8 +160,6 @@ def pretrain(
             console.print(f"pretraining [bold]{resolved.method.name}[/bold] on {resolved.data.source} -> {out}",
                           soft_wrap=True)
             result = trainer.run(resume=resume)
-    finally:
-        ranks.finish()
     if not as_json:
         console.print(f"done in {result['seconds']:.0f} s; backbone: {result['backbone']}")
     _emit(result, as_json)
@@ -195,11 +192,13 @@ def knn(
 
     [dim]Example: sslcli knn runs/a --data synthetic:shapes --json[/dim]
     """
+    from .distributed import joined
     from .evaluation.run import choose_data, run_knn
 
     choice = choose_data(model, data, data_root)
-    result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device,
-                     frames=frames, tower=tower)
+    with joined(device):  # under torchrun the ranks share the feature extraction
+        result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device,
+                         frames=frames, tower=tower)
     if not as_json:
         rows = result.get("sweep", [result])
         _table(f"kNN  {model} on {choice.source}  (layer {layer}, T={temperature:g}, {result['n_train']} train, {result['n_val']} val)",
@@ -228,15 +227,17 @@ def probe(
 
     [dim]Example: sslcli probe runs/a --data synthetic:shapes --layers all --json[/dim]
     """
+    from .distributed import is_main, joined
     from .evaluation.run import choose_data, run_probe
 
     choice = choose_data(model, data, data_root)
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot '{plot}' must end in .png")
-    result = run_probe(model, choice, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                       batch_size=batch_size, device=device, frames=frames, tower=tower)
-    if plot is not None:
-        from .evaluation.plots import plot_probe
+    with joined(device):  # under torchrun the ranks share the feature extraction
+        result = run_probe(model, choice, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                           batch_size=batch_size, device=device, frames=frames, tower=tower)
+    if plot is not None and is_main():
+        from .plots import plot_probe
 
         result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {choice.source}"))
     if not as_json:
@@ -299,11 +300,13 @@ def visualize_neighbours(
 
     [dim]Example: sslcli visualize-neighbours runs/a --data synthetic:shapes --out grid.png[/dim]
     """
+    from .distributed import joined
     from .evaluation.run import choose_data, run_neighbours
 
     choice = choose_data(model, data, data_root)
-    result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device,
-                            frames=frames, tower=tower, query_tower=query_tower)
+    with joined(device):  # under torchrun the ranks share the feature extraction; rank 0 writes the picture
+        result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device,
+                                frames=frames, tower=tower, query_tower=query_tower)
     if not as_json:
         _stderr().print(f"wrote {result['out']} ({result['queries']} queries x {k} neighbours; "
                         f"{result['same_class_fraction']:.0%} of neighbours share the query's class)")

@@ -1,8 +1,12 @@
-"""Thin helpers over torch.distributed that degrade to single-process behaviour."""
+"""Thin helpers over torch.distributed that degrade to single-process behaviour: joining the
+process group a launcher (torchrun) describes, and the collectives the losses, the engine and
+the evaluation commands use."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import os
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -18,6 +22,53 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, srun with torchrun's variables) started several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device: str) -> None:
+    """Join the process group of a launched run: NCCL on CUDA (this rank's GPU: LOCAL_RANK), gloo
+    on the CPU. A no-op when not launched or already joined."""
+    if not launched() or dist.is_initialized():
+        return
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def finish() -> None:
+    """Leave the process group (at the end of a launched command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device: str) -> Iterator[None]:
+    """The body in the process group of a launched command (`start`, then `finish` however it ends)."""
+    start(device)
+    try:
+        yield
+    finally:
+        finish()
+
+
+def is_main() -> bool:
+    """Whether this process writes files and speaks for the run: rank 0, or the only process."""
+    return rank() == 0
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable, e.g. CPU tensors of any size), in rank order; `[obj]` in one
+    process."""
+    if not is_distributed():
+        return [obj]
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -55,19 +55,23 @@ def run_finetune(model: str, data: Optional[str], data_root: Optional[str], *, f
     resolved = finetune_recipe(model, choice, recipe, overrides, fraction=fraction, epochs=epochs, batch_size=batch_size,
                                device=device)
     out = out or Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_out(out, False, force)
 
-    from .engine import Trainer
+    from .engine import Trainer, ranks
 
-    trainer = Trainer(resolved, out, console)
-    trainer.prepare()
-    announce(choice, model)
-    with create_out(out, force):
-        console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
-        trained = trainer.run()
-        scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames), trainer.device)
-        result = {**scores, "model": model, **data_fields(choice), "fraction": fraction, "n_train": len(trainer.data.train),
-                  "n_val": len(trainer.data.val), "epochs": resolved.train.epochs, "out": str(out),
-                  "seconds": trained["seconds"]}
-        atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
+    with ranks.joined(resolved.train.device):  # under torchrun: one run on every rank, rank 0 writing
+        check_out(out, False, force)
+        ranks.barrier()  # every rank has checked --out before rank 0 creates it
+        trainer = Trainer(resolved, out, console)
+        trainer.prepare()
+        announce(choice, model)
+        with ranks.on_main(lambda: create_out(out, force)):
+            console.print(f"fine-tuning {model} on {choice.source} (fraction {fraction:g}) -> {out}", soft_wrap=True)
+            trained = trainer.run()
+            scores = classifier_accuracy(trainer.method, trainer.data.val.for_eval(resolved.data.eval_frames),
+                                         trainer.device)
+            result = {**scores, "model": model, **data_fields(choice), "fraction": fraction,
+                      "n_train": len(trainer.data.train), "n_val": len(trainer.data.val), "epochs": resolved.train.epochs,
+                      "out": str(out), "seconds": trained["seconds"]}
+            if ranks.is_main():
+                atomic_write(out / "eval.json", (json.dumps(result, indent=2) + "\n").encode())
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -11,9 +10,11 @@ pytest.importorskip("av")
 
 from sslcli.backbones import load_model  # noqa: E402
 from sslcli.data.clips import SoundPlan, sound_windows  # noqa: E402
+from sslcli.data.images import Batch
 from sslcli.data.media import read_audio, write_clip  # noqa: E402
 from sslcli.data.sources import ClipSettings, open_source  # noqa: E402
 from sslcli.methods.audio_visual import make_pairs  # noqa: E402
+from sslcli.methods.base import MethodContext
 
 
 @pytest.fixture(autouse=True)
@@ -185,12 +186,12 @@ def test_audio_visual_learns_which_sound_goes_with_a_frame(fusion):
     recipe = resolve_recipe(raw, lambda name: get_method(name).Config)
     torch.manual_seed(0)
     backbone, info = create_backbone("test_resnet", False, 32)
-    method = get_method("audio-visual")(recipe.method, recipe, backbone, info.feature_dim, 32)
+    method = get_method("audio-visual")(MethodContext(recipe, backbone, info.feature_dim, 32))
     optimizer = torch.optim.AdamW(method.parameters(), 2e-3)
     gen = torch.Generator().manual_seed(1)
     for _ in range(120):
         frames, audio = _coloured_clips(48, gen)
-        loss, metrics = method.training_step(method.make_views(frames, gen, audio=audio))
+        loss, metrics = method.training_step(method.make_views(Batch.of(frames, audio=audio), gen))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
+from sslcli.data.images import Batch
+from sslcli.methods.base import MethodContext
 from sslcli.losses import weighted_cross_entropy
 from sslcli.methods._colour import (
     BIN_WIDTH,
@@ -32,7 +34,7 @@ def make_method(image_size=32, **method_keys):
     recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
     torch.manual_seed(0)
     backbone, info = create_backbone("resnet18", False, image_size)
-    return Colorization(recipe.method, recipe, backbone, info.feature_dim, image_size)
+    return Colorization(MethodContext(recipe, backbone, info.feature_dim, image_size))
 
 
 def colour_images(n, size, seed=0):
@@ -244,7 +246,7 @@ def test_setup_estimates_the_prior_from_training_images(tmp_path):
 def test_views_and_step_shapes():
     method = make_method()
     gen = torch.Generator().manual_seed(0)
-    inputs, target, ab = method.make_views(colour_images(4, 32), gen)
+    inputs, target, ab = method.make_views(Batch.of(colour_images(4, 32)), gen)
     assert inputs.shape == (4, 3, 32, 32) and target.shape == (4, 8, 8) and ab.shape == (4, 2, 8, 8)
     assert target.dtype == torch.long
     # the input is grey: its three channels agree before normalisation

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_joint_methods import build
+
+from sslcli.data.images import Batch
 
 pytestmark = pytest.mark.slow
 
-EXACT = ["simclr", "moco", "swav", "barlow-twins", "vicreg", "byol", "rotation", "jigsaw"]
+EXACT = ["simclr", "moco", "swav", "barlow-twins", "vicreg", "byol", "rotation", "jigsaw", "relative-position", "multitask"]
 SMALL = {"simclr": {}, "moco": {"queue_size": 64}, "swav": {"prototypes": 16, "small_crops": 2, "queue_size": 0},
          "barlow-twins": {"proj_hidden_dim": 64, "proj_dim": 64}, "vicreg": {"proj_hidden_dim": 64, "proj_dim": 64},
-         "byol": {"proj_hidden_dim": 64}, "rotation": {}, "jigsaw": {"num_permutations": 10}, "pirl": {"negatives": 16}}
+         "byol": {"proj_hidden_dim": 64}, "rotation": {}, "jigsaw": {"num_permutations": 10}, "pirl": {"negatives": 16},
+         "relative-position": {}, "multitask": {"mode": "mix", "tasks": [{"name": "rotation"}, {"name": "relative-position"}]}}
 BATCH = 8  # the global batch
 
 
@@ -36,8 +38,7 @@ def _freeze_norms(method: torch.nn.Module) -> torch.nn.Module:
 def _views(name: str, method, step: int = 0):
     gen = torch.Generator().manual_seed(100 + step)
     images = torch.randint(0, 256, (BATCH, 3, 32, 32), generator=gen, dtype=torch.uint8)
-    extra = {"indices": torch.arange(BATCH) + step * BATCH} if method.uses_indices else {}
-    return method.batch_views(images, gen, **extra)
+    return method.batch_views(Batch.of(images, indices=torch.arange(BATCH) + step * BATCH), gen)
 
 
 def _step(name: str, method):
@@ -54,17 +55,28 @@ def _step(name: str, method):
     return loss, {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
 
 
+STATE = {"moco": SMALL["moco"], "pirl": SMALL["pirl"],  # swav: its queue joins Sinkhorn once full, at step 3
+         "swav": {**SMALL["swav"], "queue_size": 16, "queue_start_epoch": 0}}
+
+
 def _state_after_steps(name: str, steps: int) -> dict:
-    """The queue or bank after `steps` steps (with optimiser-free momentum updates)."""
+    """The queue or bank after `steps` steps (with optimiser-free momentum updates), and the
+    losses of the steps averaged over the ranks."""
+    from sslcli.engine import ranks
+
     torch.manual_seed(0)
-    method = _freeze_norms(build(name, **SMALL[name]))
+    method = _freeze_norms(build(name, **STATE[name]))
     method.setup(range(BATCH * steps))  # PIRL's bank: one entry per training image
+    losses = []
     for step in range(steps):
         torch.manual_seed(7 + step)
         views = method.shard_views(_views(name, method, step), BATCH)
-        method.training_step(views)[0].backward()
+        loss = method.training_step(views)[0]
+        loss.backward()
+        losses.append(ranks.agree(float(loss.detach()), {})[0])
         method.on_step_end(step / steps)
-    return {k: v.clone() for k, v in method.named_buffers() if k in ("queue", "queue_pointer", "bank")}
+    state = {k: v.clone() for k, v in method.named_buffers() if k in ("queue", "queue_pointer", "queue_filled", "bank")}
+    return {**state, "losses": torch.tensor(losses, dtype=torch.float64)}
 
 
 def _rank(rank: int, world: int, init: str, out: str) -> None:
@@ -77,7 +89,7 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
         for name in EXACT:
             torch.manual_seed(0)
             results[name] = _step(name, _freeze_norms(build(name, **SMALL[name])))
-        for name in ("moco", "pirl"):
+        for name in STATE:
             results[f"{name}-state"] = _state_after_steps(name, 3)
     finally:
         dist.destroy_process_group()
@@ -101,18 +113,18 @@ def test_a_step_on_two_ranks_equals_one_process_at_twice_the_batch(two_ranks, na
         assert abs(loss - one_loss) <= 1e-5 * max(1.0, abs(one_loss)), (loss, one_loss)
         assert grads.keys() == one_grads.keys() and grads
         for key, g in grads.items():
-            # within 1e-5 of the scale of its layer's gradients: a bias whose gradient is zero in exact
-            # arithmetic (Barlow Twins' last bias, standardised away) holds float32 rounding of large terms
+            # within 1e-5 of the scale of its layer's gradients: a small entry of a layer is float32
+            # rounding of sums of the layer's larger terms, in another order on two processes
             layer = key.rsplit(".", 1)[0] + "."
             scale = max([1.0] + [one_grads[k].abs().max().item() for k in one_grads if k.startswith(layer)])
             torch.testing.assert_close(g, one_grads[key], rtol=0, atol=1e-5 * scale, msg=lambda m: f"{key}: {m}")
 
 
-@pytest.mark.parametrize("name", ["moco", "pirl"])
+@pytest.mark.parametrize("name", list(STATE))
 def test_queue_and_bank_are_identical_on_every_rank_and_to_one_process(two_ranks, name):
     one = _state_after_steps(name, 3)
     ranks = [r[f"{name}-state"] for r in two_ranks]
-    assert one and ranks[0].keys() == one.keys()
+    assert len(one) > 1 and ranks[0].keys() == one.keys()
     for key in one:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
         torch.testing.assert_close(ranks[0][key], one[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -160,8 +172,23 @@ def test_torchrun_writes_the_run_folder_of_one_process_and_knn_reads_it(tmp_path
     assert _layout(tmp_path / "d") == _layout(tmp_path / "single")
     metrics = [json.loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics if "step" in m and m["epoch"] in (1, 2)] == [1, 2]
-    knn = cli("knn", tmp_path / "d", "--json")
+    knn = cli("knn", tmp_path / "d", "--json", "--batch-size", "16")
     assert knn.code == 0 and 0 <= knn.json["top1"] <= 1
+    # the two ranks extract features of alternate batches and both vote with all of them
+    shared = _torchrun("knn", str(tmp_path / "d"), "--json", "--batch-size", "16", cwd=tmp_path)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    same = ("top1", "top5", "n_train", "n_val", "k")
+    assert {k: json.loads(shared.stdout)[k] for k in same} == {k: knn.json[k] for k in same}
+
+
+def test_torchrun_finetunes_into_one_run_folder(tmp_path, cli):
+    assert cli("pretrain", *TINY_RUN, "--epochs", "1", "--out", tmp_path / "d").code == 0
+    r = _torchrun("finetune", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "ft"),
+                  "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)  # one object: rank 0 speaks for both
+    assert json.loads((tmp_path / "ft" / "eval.json").read_text()) == result and 0 <= result["top1"] <= 1
+    assert torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["world_size"] == 2
 
 
 def test_torchrun_refuses_a_batch_that_does_not_split_in_one_line(tmp_path):

@@ -3,15 +3,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from sslcli.backbones import create_backbone
+from sslcli.data.images import Batch
+from sslcli.methods.base import MethodContext
 from sslcli.data.sources import open_source
 from sslcli.errors import UserError
 from sslcli.methods.inpainting import Inpainting, block_side, make_mask, masked_l2
 from sslcli.recipe import resolve_recipe
 from sslcli.registry import get_method
-
-from conftest import TINY
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def build(size: int = 32, augment: dict | None = None, **method) -> Inpainting:
     r = recipe(size, augment, **method)
     torch.manual_seed(0)
     backbone, info = create_backbone("resnet18", False, size)
-    return Inpainting(r.method, r, backbone, info.feature_dim, size)
+    return Inpainting(MethodContext(r, backbone, info.feature_dim, size))
 
 
 # ---------------------------------------------------------------- masks
@@ -123,11 +124,11 @@ def test_masked_l2_refuses_bad_input(pred, target, mask, words):
 def test_views_hide_the_mask_and_keep_the_rest(one_thread):
     method = build(32, augment={"crop_size": 24}, mask="random")
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    masked, mask, target = method.make_views(images, torch.Generator().manual_seed(0))
+    masked, mask, target = method.make_views(Batch.of(images), torch.Generator().manual_seed(0))
     assert masked.shape == target.shape == (4, 3, 24, 24) and mask.shape == (4, 1, 24, 24)
     m = mask.expand_as(target)
     assert (masked[m] == 0).all() and torch.equal(masked[~m], target[~m])
-    again = method.make_views(images, torch.Generator().manual_seed(0))
+    again = method.make_views(Batch.of(images), torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip((masked, mask, target), again))
 
 
@@ -166,7 +167,7 @@ def test_decoder_reads_the_last_stages(stages, channels, one_thread):
     method = build(32, decoder_stages=stages)
     assert [lat.in_channels for lat in method.decoder.lateral] == channels
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    loss, _ = method.training_step(method.make_views(images, torch.Generator().manual_seed(0)))
+    loss, _ = method.training_step(method.make_views(Batch.of(images), torch.Generator().manual_seed(0)))
     assert torch.isfinite(loss)
 
 
@@ -176,7 +177,7 @@ def test_decoder_depth_stacks_3x3_blocks(depth, one_thread):
     kernels = [m.kernel_size for m in method.decoder.fuse if isinstance(m, torch.nn.Conv2d)]
     assert kernels == [(3, 3)] * depth + [(1, 1)]
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    loss, _ = method.training_step(method.make_views(images, torch.Generator().manual_seed(0)))
+    loss, _ = method.training_step(method.make_views(Batch.of(images), torch.Generator().manual_seed(0)))
     assert torch.isfinite(loss)
 
 
@@ -194,7 +195,7 @@ def test_fixed_batch_is_learned(one_thread):
     gen = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(12):
-        loss, metrics = method.training_step(method.make_views(images, gen))
+        loss, metrics = method.training_step(method.make_views(Batch.of(images), gen))
         assert metrics["masked_mse"] == loss.detach()
         opt.zero_grad()
         loss.backward()

@@ -7,13 +7,14 @@ import signal
 
 import pytest
 import torch
-
-from sslcli.methods._joint import JointEmbedding, cosine_momentum, ema_update, momentum_copy
-from sslcli.methods.moco import enqueue
-from sslcli.recipe import resolve_recipe
-
 from conftest import TINY
 from test_engine import epoch_records
+
+from sslcli.data.images import Batch
+from sslcli.methods._joint import JointEmbedding, cosine_momentum, ema_update, momentum_copy
+from sslcli.methods.base import MethodContext
+from sslcli.methods.moco import enqueue
+from sslcli.recipe import resolve_recipe
 
 JOINT = ["moco", "swav", "pirl", "byol", "barlow-twins", "vicreg", "simclr"]
 
@@ -27,7 +28,7 @@ def build(name: str, **method):
            "backbone": {"name": "resnet18", "small_input": False}}
     recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
     backbone, info = create_backbone("resnet18", False, 32)
-    return get_method(name)(recipe.method, recipe, backbone, info.feature_dim, 32)
+    return get_method(name)(MethodContext(recipe, backbone, info.feature_dim, 32))
 
 
 def test_enqueue_is_fifo_and_wraps_exactly():
@@ -46,7 +47,7 @@ def test_moco_step_scores_against_the_old_queue_then_enqueues_its_keys():
     torch.manual_seed(0)
     moco = build("moco", queue_size=16, symmetric=False)
     before = moco.queue.clone()
-    views = moco.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    views = moco.make_views(Batch.of(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)), torch.Generator().manual_seed(0))
     loss, metrics = moco.training_step(views)
     assert torch.isfinite(loss) and 0 <= float(metrics["pos_acc"]) <= 1
     assert int(moco.queue_pointer) == 4
@@ -71,7 +72,7 @@ def test_momentum_copy_gets_no_gradient_and_follows_by_ema():
 def test_byol_target_gets_no_gradient():
     torch.manual_seed(0)
     byol = build("byol", proj_hidden_dim=64, proj_dim=32)
-    views = byol.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    views = byol.make_views(Batch.of(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)), torch.Generator().manual_seed(0))
     loss, _ = byol.training_step(views)
     loss.backward()
     assert all(p.grad is None for p in byol.target_backbone.parameters())
@@ -85,7 +86,7 @@ def test_byol_multi_crop_regresses_every_small_crop_onto_both_large_targets():
     torch.manual_seed(0)
     byol = build("byol", proj_hidden_dim=64, proj_dim=32, small_crops=2, small_crop_size=16)
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    large, small = byol.make_views(images, torch.Generator().manual_seed(0))
+    large, small = byol.make_views(Batch.of(images), torch.Generator().manual_seed(0))
     assert large.shape == (12, 3, 32, 32) and small.shape == (12, 3, 16, 16)
     byol.eval()  # batch statistics aside, the same forward passes the step makes
     loss, _ = byol.training_step((large, small))
@@ -105,7 +106,7 @@ def test_byol_multi_crop_regresses_every_small_crop_onto_both_large_targets():
 def test_byol_without_small_crops_is_the_papers_symmetric_loss():
     torch.manual_seed(0)
     byol = build("byol", proj_hidden_dim=64, proj_dim=32)
-    views = byol.make_views(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    views = byol.make_views(Batch.of(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)), torch.Generator().manual_seed(0))
     assert isinstance(views, torch.Tensor) and views.shape == (8, 3, 32, 32)
     byol.eval()
     loss, _ = byol.training_step(views)
@@ -128,7 +129,7 @@ def test_swav_prototypes_are_normalised_and_frozen_at_first():
     torch.manual_seed(0)
     swav = build("swav", prototypes=10, freeze_prototypes_steps=1, small_crops=2, small_crop_size=16)
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    views = swav.make_views(images, torch.Generator().manual_seed(0))
+    views = swav.make_views(Batch.of(images), torch.Generator().manual_seed(0))
     assert [v.shape for v in views] == [(12, 3, 32, 32), (12, 3, 16, 16)]
     loss, metrics = swav.training_step(views)
     loss.backward()
@@ -151,7 +152,7 @@ def test_pirl_bank_is_one_unit_vector_per_image_and_moves_towards_the_embedding(
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     idx = torch.tensor([3, 7, 8, 19])
     before = pirl.bank.clone()
-    views = pirl.make_views(images, torch.Generator().manual_seed(0), indices=idx)
+    views = pirl.make_views(Batch.of(images, indices=idx), torch.Generator().manual_seed(0))
     assert views[1].shape == (36, 3, 32, 32) and views[3].shape == (8,)
     pirl.training_step(views)
     changed = (pirl.bank != before).any(1).nonzero().flatten().tolist()
@@ -176,7 +177,7 @@ def test_collapse_watch_warns_only_when_the_spread_vanishes():
 def test_swav_warns_when_its_codes_go_uniform_even_with_spread_embeddings():
     swav = build("swav", prototypes=16, small_crops=0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    _, metrics = swav.training_step(swav.make_views(images, torch.Generator().manual_seed(0)))
+    _, metrics = swav.training_step(swav.make_views(Batch.of(images), torch.Generator().manual_seed(0)))
     assert 0 <= float(metrics["code_entropy"]) <= 1
     spread = 1 / math.sqrt(128)
     assert swav.epoch_warning({"code_entropy": 0.70, "embedding_std": spread}) is None
@@ -261,3 +262,8 @@ def test_moco_queues_every_ranks_keys_in_rank_order(tmp_path):
     mp.spawn(_gather_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "q.pt")), nprocs=2)
     queue = torch.load(tmp_path / "q.pt")
     assert queue[:, 0].tolist() == [1, 1, 2, 2, 0, 0, 0, 0]  # rank 1 holds rank 0's keys too
+
+
+def test_barlow_twins_projector_ends_without_a_bias():
+    """The loss standardises every dimension over the batch, so a last bias gets a zero gradient."""
+    assert build("barlow-twins", proj_hidden_dim=64, proj_dim=64).projector[-1].bias is None

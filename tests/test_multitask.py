@@ -1,12 +1,12 @@
 import pytest
 import torch
-
-from sslcli.errors import UserError
-from sslcli.recipe import resolve_recipe
-from sslcli.registry import get_method
-
 from conftest import TINY
 from test_engine import epoch_records
+
+from sslcli.errors import UserError
+from sslcli.methods.base import MethodContext
+from sslcli.recipe import resolve_recipe
+from sslcli.registry import get_method
 
 
 def _recipe(**method):
@@ -32,7 +32,7 @@ def _method(recipe):
     from sslcli.backbones import create_backbone
 
     backbone, info = create_backbone("resnet18", False, 32)
-    return get_method("multitask")(recipe.method, recipe, backbone, info.feature_dim, 32)
+    return get_method("multitask")(MethodContext(recipe, backbone, info.feature_dim, 32))
 
 
 def test_alternation_follows_the_weights_and_backbone_is_stored_once():
@@ -66,7 +66,7 @@ def test_multitask_pretrain_logs_each_task(cli, tmp_path, mode):
 
 
 @pytest.mark.slow
-def test_a_pirl_task_gets_image_indices_and_trains(cli, tmp_path):
+def test_a_pirl_task_trains_with_its_memory_bank(cli, tmp_path):
     tasks = '[{name: rotation}, {name: pirl, negatives: 16}]'
     r = cli("pretrain", "--method", "multitask", *TINY, "--epochs", "1", "--set", f"method.tasks={tasks}",
             "--set", "method.mode=mix", "--set", "train.precision=fp32", "--out", tmp_path / "run")
@@ -75,6 +75,3 @@ def test_a_pirl_task_gets_image_indices_and_trains(cli, tmp_path):
     assert "pirl/loss" in last and "rotation/loss" in last
     bank = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]["tasks.pirl.bank"]
     assert bank.shape[0] == 96  # one entry per training image, as pirl alone keeps
-    from sslcli.methods.multitask import Multitask
-
-    assert Multitask.uses_indices is False  # the class default stays; each instance says what its tasks need

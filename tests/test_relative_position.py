@@ -1,6 +1,9 @@
 import pytest
 import torch
+from conftest import TINY
+from test_engine import LEARN, epoch_records
 
+from sslcli.methods.base import MethodContext
 from sslcli.methods.relative_position import (
     ANCHOR,
     NEIGHBOUR_INDICES,
@@ -10,9 +13,6 @@ from sslcli.methods.relative_position import (
     pair_labels,
     resolve_geometry,
 )
-
-from conftest import TINY
-from test_engine import LEARN, epoch_records
 
 
 def coordinate_images(n: int, side: int) -> torch.Tensor:
@@ -165,7 +165,7 @@ def test_each_pair_reaches_the_head_with_the_label_of_where_its_neighbour_sits()
            "backbone": {"name": "resnet18", "small_input": False}}
     recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
     backbone, info = create_backbone("resnet18", False, 26)
-    method = get_method("relative-position")(recipe.method, recipe, backbone, info.feature_dim, 26)
+    method = get_method("relative-position")(MethodContext(recipe, backbone, info.feature_dim, 26))
 
     class Corner(torch.nn.Module):  # a patch's feature: its top-left (row, column), padded
         def forward(self, x):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from sslcli.errors import UserError
-from sslcli.methods.shuffle_and_learn import balanced_accuracy, frame_motion, motion_windows, sample_tuples
-
 from conftest import CHECKPOINT_AT_END
 from test_engine import epoch_records
+
+from sslcli.data.images import Batch
+from sslcli.errors import UserError
+from sslcli.methods.base import MethodContext
+from sslcli.methods.shuffle_and_learn import balanced_accuracy, frame_motion, motion_windows, sample_tuples
 
 
 def build(window: int = 8, share: float = 0.75, threshold: float = 0.01, **augment):
@@ -23,7 +24,7 @@ def build(window: int = 8, share: float = 0.75, threshold: float = 0.01, **augme
            "data": {"image_size": 16, "clip_frames": 16}, "backbone": {"small_input": False}, "augment": augment}
     recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
     backbone, info = create_backbone("resnet18", False, 16)
-    return get_method("shuffle-and-learn")(recipe.method, recipe, backbone, info.feature_dim, 16)
+    return get_method("shuffle-and-learn")(MethodContext(recipe, backbone, info.feature_dim, 16))
 
 
 def indexed_clips(n: int, frames: int = 16, side: int = 4) -> torch.Tensor:
@@ -73,7 +74,7 @@ def test_the_three_frames_of_a_tuple_share_one_augmentation():
     method = build(share=0.5, crop_scale=[0.3, 0.6], flip=0.5, color_jitter=0.0, grayscale=0.0)
     base = torch.randint(0, 150, (64, 1, 3, 16, 16), dtype=torch.uint8)
     clips = base + (torch.arange(16, dtype=torch.uint8) * 6).view(1, 16, 1, 1, 1)  # same picture, brighter each frame
-    views, labels, count = method.make_views(clips, torch.Generator().manual_seed(3))
+    views, labels, count = method.make_views(Batch.of(clips), torch.Generator().manual_seed(3))
     views = views.view(-1, 3, 3, 16, 16)
     assert count == 64 and len(views) == len(labels) == 64
     # the same crop and flip of the same picture: the three views differ by a constant only
@@ -92,7 +93,7 @@ def test_balanced_accuracy_by_hand():
 def test_the_loss_weighs_both_answers_alike():
     method = build(share=0.75)
     method.eval()
-    views = method.make_views(indexed_clips(64, side=16), torch.Generator().manual_seed(4))
+    views = method.make_views(Batch.of(indexed_clips(64, side=16)), torch.Generator().manual_seed(4))
     loss, metrics = method.training_step(views)
     frames, labels, _ = views
     with torch.no_grad():

@@ -18,6 +18,7 @@ from sslcli.data import media  # noqa: E402
 from sslcli.data.clips import FramePlan  # noqa: E402
 from sslcli.data.media import probe_clip, read_audio, read_frames, write_clip  # noqa: E402
 from sslcli.data.sources import ClipSettings, open_source  # noqa: E402
+from sslcli.methods.base import MethodContext
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +179,7 @@ def test_image_methods_take_frames_and_time_contrastive_pairs_stay_within_the_wi
            "augment": {"time_window": 0.25}, "backbone": {"small_input": False}}
     recipe = resolve_recipe(raw, lambda n: get_method(n).Config)
     backbone, info = create_backbone("resnet18", False, 8)
-    simclr = get_method("simclr")(recipe.method, recipe, backbone, info.feature_dim, 8)
+    simclr = get_method("simclr")(MethodContext(recipe, backbone, info.feature_dim, 8))
     clips = torch.arange(16, dtype=torch.uint8).view(1, 16, 1, 1, 1).expand(500, 16, 3, 8, 8).contiguous()
     pairs = simclr.take_frames(clips, torch.Generator().manual_seed(0))
     assert pairs.shape == (500, 2, 3, 8, 8)

@@ -163,9 +163,17 @@ class Batch:
     (B, T, samples) float32. Unpacks as (images, labels, indices)."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: Optional[torch.Tensor]
     indices: torch.Tensor
     audio: Optional[torch.Tensor] = None
+
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: Optional[torch.Tensor] = None, indices: Optional[torch.Tensor] = None,
+           audio: Optional[torch.Tensor] = None) -> "Batch":
+        """A batch of `images`, their indices 0..B-1 unless given: to call a method's `make_views`
+        by hand."""
+        return cls(images, labels, torch.arange(images.shape[0], device=images.device) if indices is None else indices,
+                   audio)
 
     def __iter__(self):
         return iter((self.images, self.labels, self.indices))

@@ -9,33 +9,16 @@ the data order, resume and augmentation stay those of one process."""
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..distributed import even, is_distributed, rank, world_size
+from ..distributed import even, finish, is_distributed, is_main, joined, launched, rank, start, world_size
 from ..errors import UserError
 
-__all__ = ["agree", "any_rank", "average_gradients", "barrier", "check_batch", "even", "finish", "is_main", "launched", "on_main",
-           "rank", "start", "world_size"]
-
-
-def launched() -> bool:
-    """Whether a launcher (torchrun, srun with torchrun's variables) started several processes."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def start(device: str) -> None:
-    """Join the process group of a launched run: NCCL on CUDA (this rank's GPU: LOCAL_RANK), gloo
-    on the CPU. A no-op when not launched or already joined."""
-    if not launched() or dist.is_initialized():
-        return
-    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+__all__ = ["agree", "any_rank", "average_gradients", "barrier", "check_batch", "even", "finish", "is_main", "joined",
+           "launched", "on_main", "rank", "start", "world_size"]
 
 
 def check_batch(batch_size: int) -> None:
@@ -47,12 +30,22 @@ def check_batch(batch_size: int) -> None:
 
 
 def average_gradients(module: torch.nn.Module) -> None:
-    """Average the gradients of `module` over the ranks, in one collective. With losses that
-    gather embeddings through torch.distributed.nn (gradients summed back to their rank), the
-    average is the gradient of the global batch's loss."""
+    """Average the gradients of `module` over the ranks. With losses that gather embeddings
+    through torch.distributed.nn (gradients summed back to their rank), the average is the
+    gradient of the global batch's loss. A parameter that has a gradient on some ranks only (a
+    head whose items all fell to other ranks) counts as zero where it has none; one that has
+    none on any rank keeps none, as in one process, so the optimiser leaves it alone."""
     if not is_distributed():
         return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=params[0].device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)
+    for p, anywhere in zip(params, used.tolist()):
+        if anywhere and p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -88,16 +81,6 @@ def any_rank(flag: bool) -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def finish() -> None:
-    """Leave the process group (at the end of a launched command)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def is_main() -> bool:
-    return rank() == 0
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""What a training run writes besides checkpoints: metrics.jsonl records, skipped.txt, the
-progress bar, curves.png and the method's visual.png."""
+"""What a training run writes besides checkpoints and its logs: skipped.txt, the trimmed
+metrics.jsonl of a resumed run, and the method's visual.png."""
 
 from __future__ import annotations
 
@@ -36,32 +36,6 @@ def trim_metrics(out: Path, global_step: int) -> None:
         except ValueError:  # a line cut short by a kill
             continue
     atomic_write(path, "".join(line + "\n" for line in kept).encode())
-
-
-def log_record(f, record: dict) -> None:
-    f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
-    f.flush()
-
-
-def progress_bar(console: Console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4f}  {task.fields[ips]:.0f} img/s"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-
-
-def plot(out: Path, console: Console) -> None:
-    """curves.png from metrics.jsonl."""
-    from ..evaluation.plots import plot_curves
-
-    try:
-        plot_curves(out)
-    except Exception as exc:  # a plot must never cost a run
-        console.print(f"[yellow]warning: curves.png not written ({exc})[/yellow]")
 
 
 def visualize(method: Method, ds: DataSource, device: torch.device, out: Path, console: Console, count: int = 8) -> None:

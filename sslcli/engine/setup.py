@@ -15,11 +15,11 @@ from ..data.images import balanced_fraction
 from ..data.sources import ClipSettings, DataSource, hear, open_source
 from ..device import autocast
 from ..errors import UserError, last_line, plugin_fault, plugin_guard
-from ..methods.base import Method
+from ..methods.base import Method, MethodContext
 from ..recipe import Recipe
 from ..registry import get_method
 from .checkpoints import checkpoint_bytes, existing_ancestor, megabytes
-from .views import extras
+from .views import method_batch
 
 
 def open_data(recipe: Recipe, warn: Callable[[str], None]) -> DataSource:
@@ -62,7 +62,7 @@ def build_method(recipe: Recipe, ds: DataSource, device: torch.device) -> tuple[
     method_cls = get_method(r.method.name)
     classes = len(ds.classes) if ds.classes else None
     with plugin_guard(r.method.name, "building its model"):
-        method = method_cls(r.method, r, backbone, info.feature_dim, ds.image_size, classes)
+        method = method_cls(MethodContext(r, backbone, info.feature_dim, ds.image_size, classes))
     if r.train.sync_batchnorm:
         if device.type != "cuda":
             raise UserError("train.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
@@ -82,7 +82,7 @@ def dry_step(recipe: Recipe, method: Method, ds: DataSource, device: torch.devic
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (2, recipe.data.clip_frames, 3, size, size) if ds.kind == "video" else (2, 3, size, size)
     images = torch.randint(0, 256, shape, generator=gen, device=device, dtype=torch.uint8)
-    labels = torch.zeros(2, dtype=torch.long, device=device) if method.uses_labels else None
+    labels = torch.zeros(2, dtype=torch.long, device=device)
     sound = type(method).sound_plan(recipe)
     buffers = {name: b.clone() for name, b in method.named_buffers()}
     devices = [device] if device.type == "cuda" else []
@@ -90,7 +90,7 @@ def dry_step(recipe: Recipe, method: Method, ds: DataSource, device: torch.devic
         with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast(device, dtype):
             method.eval()
             audio = torch.randn(2, shape[1], sound.samples, generator=gen, device=device) if sound else None
-            method.training_step(method.batch_views(images, gen, labels, **extras(method, torch.arange(2), audio)))
+            method.training_step(method.batch_views(method_batch(method, images, torch.arange(2), labels, audio), gen))
     except UserError:
         raise
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:

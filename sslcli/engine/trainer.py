@@ -29,8 +29,9 @@ from .optim import build_optimizer, lr_factor
 from . import ranks
 from .setup import build_method, check_space, dry_step, open_data
 from .order import epoch_order, iterate_batches
-from .views import channels_last, extras
-from .records import log_record, plot, progress_bar, trim_metrics, visualize, write_skipped
+from .views import channels_last, method_batch
+from .loggers import RunStart, run_loggers
+from .records import trim_metrics, visualize, write_skipped
 
 
 class TrainingError(UserError):
@@ -207,14 +208,14 @@ class Trainer:
                 save_weights(method, info, epoch, self.out)
             ranks.barrier()  # no rank leaves (and has the launcher stop the others) while rank 0 writes
 
-        metrics_file = open(self.out / "metrics.jsonl" if main else os.devnull, "a")
-        progress = progress_bar(self.console)
-        task = progress.add_task(r.method.name, total=total_steps, completed=global_step, loss=float("nan"), lr=0.0, ips=0.0)
+        loggers = run_loggers(self.out, self.console, main)
         history: list[dict] = []
         started = time.time()
         bad_seen = len(ds.bad or ())
         try:
-            with self._catch_signals(), progress:
+            for logger in loggers:
+                logger.start(RunStart(r.method.name, total_steps, global_step, r.train.epochs, r.train.log_every))
+            with self._catch_signals():
                 for epoch in range(start_epoch, r.train.epochs):
                     method.train()
                     order = epoch_order(len(ds.train), r.train.seed, epoch)
@@ -249,12 +250,11 @@ class Trainer:
                         for k, v in {"loss": loss, **metrics}.items():
                             sums[k] = sums.get(k, 0.0) + v
                             counts[k] = counts.get(k, 0) + 1
-                        lr = optimizer.param_groups[0]["lr"]
                         ips = images.shape[0] / max(1e-9, time.time() - t0)
-                        progress.update(task, advance=1, loss=loss, lr=lr, ips=ips)
-                        if global_step % r.train.log_every == 0:
-                            log_record(metrics_file, {"step": global_step, "epoch": epoch + (step + 1) / steps_per_epoch,
-                                                     "loss": loss, "lr": lr, "images_per_s": ips, **metrics})
+                        record = {"step": global_step, "epoch": epoch + (step + 1) / steps_per_epoch, "loss": loss,
+                                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": ips, **metrics}
+                        for logger in loggers:
+                            logger.log_step(record)
                         # every rank acts on the agreed flag, never on its own: a signal may reach one rank alone
                         stop = ranks.any_rank(self._stop_signal is not None)
                         if stop and step + 1 < steps_per_epoch:
@@ -264,13 +264,10 @@ class Trainer:
                     record = {"epoch": epoch + 1, "step": global_step, **{k: v / counts[k] for k, v in sums.items()},
                               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / max(1e-9, elapsed),
                               "epoch_seconds": elapsed, **self._epoch_metrics(method, ds)}
-                    log_record(metrics_file, record)
                     history.append(record)
-                    shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
-                    progress.console.print(f"epoch {epoch + 1}/{r.train.epochs}  {shown}", soft_wrap=True)
                     warning = method.epoch_warning(record)
-                    if warning:
-                        progress.console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+                    for logger in loggers:
+                        logger.log_epoch(record, warning)
                     stop = ranks.any_rank(self._stop_signal is not None)
                     if (epoch + 1) % r.train.checkpoint_every == 0 or epoch + 1 == r.train.epochs or stop:
                         save(epoch + 1, 0)
@@ -282,13 +279,12 @@ class Trainer:
                 f"{kept_message(ckpt_dir)}: free some space, then continue with --resume"
             ) from None
         finally:
+            for logger in loggers:
+                logger.close()
             with contextlib.suppress(OSError):
-                metrics_file.close()
                 if main:
                     write_skipped(self.out, self.data.bad if self.data is not None else None)
             self.method = method
-            if main:
-                plot(self.out, self.console)
         if main:
             visualize(method, ds, self.device, self.out, self.console)
         return {
@@ -317,9 +313,8 @@ class Trainer:
         share, and the gradients are averaged over the ranks."""
         n = ranks.even(batch.images.shape[0])
         images = batch.images[:n].to(self.device, non_blocking=True)
-        audio = batch.audio[:n].to(self.device, non_blocking=True) if batch.audio is not None else None
-        views = method.batch_views(images, gen, batch.labels[:n].to(self.device) if method.uses_labels else None,
-                                   **extras(method, batch.indices[:n].to(self.device), audio))
+        audio = batch.audio[:n] if batch.audio is not None else None
+        views = method.batch_views(method_batch(method, images, batch.indices[:n], batch.labels[:n], audio), gen)
         if ranks.world_size() > 1:
             views = method.shard_views(views, n)
         if self.recipe.train.channels_last:

@@ -1,4 +1,4 @@
-"""What the engine hands a method besides the batch's images, and the memory format of its views."""
+"""What the engine hands a method: a batch on the training device, and its views in the memory format asked for."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ from typing import Optional
 
 import torch
 
+from ..data.images import Batch
 from ..methods.base import Method
 
 
-def extras(method: Method, indices: torch.Tensor, audio: Optional[torch.Tensor]) -> dict:
-    """The `indices` keyword for methods that keep per-image state (a memory bank), `audio` for
-    methods that hear clips; nothing else."""
-    return {**({"indices": indices} if method.uses_indices else {}), **({"audio": audio} if audio is not None else {})}
+def method_batch(method: Method, images: torch.Tensor, indices: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                 audio: Optional[torch.Tensor] = None) -> Batch:
+    """The batch a method makes views from, all on the images' device: labels only for a method
+    that trains with them, so no self-supervised method can learn from labels by mistake."""
+    device = images.device
+    return Batch(images, labels.to(device) if method.uses_labels and labels is not None else None, indices.to(device),
+                 audio.to(device) if audio is not None else None)
 
 
 def channels_last(views):

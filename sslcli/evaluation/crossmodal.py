@@ -12,6 +12,7 @@ import torch
 from ..backbones import create_backbone, read_info
 from ..errors import UserError
 from ..files import digest_matches
+from ..methods.base import MethodContext
 from ..recipe import resolve_recipe
 from ..registry import get_method
 
@@ -37,7 +38,7 @@ def open_joint_model(run: str) -> torch.nn.Module:
                         f"method.fusion=distance learns; '{run}' is {what}: use --tower audio (sound to sound)")
     info = read_info(run)[0]
     backbone, _ = create_backbone(info.timm_name, info.small_input, info.input_size)
-    method = get_method("audio-visual")(recipe.method, recipe, backbone, info.feature_dim, info.input_size)
+    method = get_method("audio-visual")(MethodContext(recipe, backbone, info.feature_dim, info.input_size))
     method.load_state_dict(state["model"])
     return method.eval()
 

@@ -4,11 +4,13 @@ feature maps of named intermediate layers, each pooled to a few thousand dimensi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data.augment import eval_view
 from ..data.images import Split, load_batches
 from ..device import autocast, autocast_dtype
@@ -100,40 +102,63 @@ def extract_features(
     dtype = autocast_dtype(precision, device)
     wanted = layers if layers is not None else [None]
     indices = sorted({layer.index for layer in wanted if layer is not None})
-    out: dict[str, list[torch.Tensor]] = {("last" if layer is None else layer.name): [] for layer in wanted}
-    labels = []
     step = max(1, batch_size // (split.plan.count if split.kind == "video" else 1))  # clips: frames per batch
     chunks = [torch.arange(start, min(len(split), start + step)) for start in range(0, len(split), step)]
-    for batch in load_batches(split, chunks):
-        images, batch_labels, idx = batch
-        if kept is not None:
-            kept.append(idx)
-        if not len(images):
-            continue
-        per_item = images.shape[1] if images.ndim == 5 else 1
-        if front_end is not None:
-            x = front_end(batch.audio.to(device).flatten(0, 1))
-        else:
-            x = eval_view(images.to(device).flatten(0, images.ndim - 4))
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            if indices:
-                final, maps = model.forward_intermediates(x, indices=indices)
-                final = model.forward_head(final, pre_logits=True) if hasattr(model, "forward_head") else final
-                by_index = dict(zip(indices, maps))
-            else:
-                final, by_index = model(x), {}
-        for layer in wanted:
-            if layer is None:
-                f = final.float().flatten(1)
-            else:
-                fmap = by_index[layer.index].float()
-                f = F.adaptive_avg_pool2d(fmap, pool_side(fmap.shape[1], fmap.shape[2])).flatten(1)
-            out["last" if layer is None else layer.name].append(f.view(-1, per_item, f.shape[1]).mean(1).cpu())
-        labels.append(batch_labels)
-    feats = {name: torch.cat(parts) for name, parts in out.items()}
+    # under torchrun each rank takes every world-th chunk, and all ranks receive every chunk's features
+    mine = list(range(distributed.rank(), len(chunks), distributed.world_size()))
+    done, failure = [], None
+    try:
+        for number, batch in zip(mine, load_batches(split, [chunks[i] for i in mine])):
+            part = _chunk_features(model, batch, device, dtype, wanted, indices, front_end)
+            if part is not None:
+                done.append((number, part))
+    except UserError as exc:  # the data refused on one rank (too many undecodable items) is refused on all
+        if not distributed.is_distributed():
+            raise
+        failure = exc
+    gathered = distributed.gather_objects((done, failure))
+    for _, exc in gathered:
+        if exc is not None:
+            raise exc
+    parts = sorted((part for rank_parts, _ in gathered for part in rank_parts), key=lambda p: p[0])
+    names = [("last" if layer is None else layer.name) for layer in wanted]
+    if kept is not None:
+        kept.extend(idx for _, (_, _, idx) in parts)
+    feats = {name: torch.cat([f[name] for _, (f, _, _) in parts]) for name in names}
+    labels = torch.cat([y for _, (_, y, _) in parts])
     if normalize:
         feats = {name: F.normalize(f, dim=1) for name, f in feats.items()}
     if layers is None:
-        return feats["last"], torch.cat(labels)
-    return feats, torch.cat(labels)
+        return feats["last"], labels
+    return feats, labels
+
+
+def _chunk_features(model, batch, device: torch.device, dtype, wanted: list, indices: list[int],
+                    front_end) -> Optional[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """One batch's features per wanted layer (CPU float32), its labels and its indices; None when
+    no item of the batch could be decoded."""
+    images, batch_labels, idx = batch
+    if not len(images):
+        return None
+    out: dict[str, torch.Tensor] = {}
+    per_item = images.shape[1] if images.ndim == 5 else 1
+    if front_end is not None:
+        x = front_end(batch.audio.to(device).flatten(0, 1))
+    else:
+        x = eval_view(images.to(device).flatten(0, images.ndim - 4))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        if indices:
+            final, maps = model.forward_intermediates(x, indices=indices)
+            final = model.forward_head(final, pre_logits=True) if hasattr(model, "forward_head") else final
+            by_index = dict(zip(indices, maps))
+        else:
+            final, by_index = model(x), {}
+    for layer in wanted:
+        if layer is None:
+            f = final.float().flatten(1)
+        else:
+            fmap = by_index[layer.index].float()
+            f = F.adaptive_avg_pool2d(fmap, pool_side(fmap.shape[1], fmap.shape[2])).flatten(1)
+        out["last" if layer is None else layer.name] = f.view(-1, per_item, f.shape[1]).mean(1).cpu()
+    return out, batch_labels, idx

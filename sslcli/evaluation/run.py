@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..backbones import BackboneInfo, load_model
 from ..data.images import Split, read_image
 from ..data.clips import SoundPlan
@@ -335,9 +336,10 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
     train = ds.train if len(train_f) == len(ds.train) else ds.train.subset(torch.cat(kept))
     rows = neighbour_rows(q_images, q_labels, q_f, train, train_f, ds.classes, k)
     grid = draw_grid(rows, cell=cell, header=["query"] + [f"#{i + 1}" for i in range(k)])
-    tmp = out.with_name(out.name + ".tmp.png")
-    grid.save(tmp)
-    os.replace(tmp, out)
+    if distributed.is_main():
+        tmp = out.with_name(out.name + ".tmp.png")
+        grid.save(tmp)
+        os.replace(tmp, out)
     same = [tile.colour == (30, 160, 60) for row in rows for tile in row[1:]]
     return {"out": str(out), "queries": len(rows), "k": k, "model": model_spec, **data_fields(choice),
             "tower": tower, "query_tower": query_tower,

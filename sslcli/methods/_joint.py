@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..data.augment import ViewAugment
+from ..data.images import Batch
 from ..errors import UserError
 from ..losses import collapse_floor, embedding_std
 from ..recipe import MethodConfig, option
-from .base import Method
+from .base import Method, MethodContext
 
 COLLAPSE_FRACTION = 0.25  # warn when the embedding std falls below this share of a healthy spread
 
@@ -72,10 +73,10 @@ class JointEmbedding(Method):
 
     two_views = True
 
-    def __init__(self, cfg, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.augments = (ViewAugment(recipe.augment, self.crop_size, view=0),
-                         ViewAugment(recipe.augment, self.crop_size, view=1))
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.augments = (ViewAugment(ctx.recipe.augment, self.crop_size, view=0),
+                         ViewAugment(ctx.recipe.augment, self.crop_size, view=1))
         self.embedding_dim: Optional[int] = None  # set by the plugin: the width the std is measured at
 
     def take_frames(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -95,7 +96,8 @@ class JointEmbedding(Method):
         """The images each of the two views is made from: the same images, or a pair's frames."""
         return (images[:, 0], images[:, 1]) if images.ndim == 5 else (images, images)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> torch.Tensor:
+    def make_views(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        images = batch.images
         return torch.cat([augment(frames, gen) for augment, frames in zip(self.augments, self.pair(images))])
 
     def small_crop_augment(self) -> Optional[ViewAugment]:

@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from ..backbones import create_backbone
 from ..data.augment import ViewAugment, eval_view
 from ..data.clips import SoundPlan
+from ..data.images import Batch, load_batches
 from ..data.spectrogram import FrontEnd, augment_audio
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._metrics import balanced_accuracy
-from .base import Method, StepOutput, projection_mlp
+from .base import Method, MethodContext, StepOutput, projection_mlp
 
 VAL_SEED = 12345
 
@@ -107,13 +108,14 @@ class AudioVisual(Method):
     multi_process = False  # its views' layout is not shared out over torchrun ranks yet
     data_kind = "video"
 
-    def __init__(self, cfg: AudioVisualConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: AudioVisualConfig = self.cfg
+        self.augment = ViewAugment(ctx.recipe.augment, self.crop_size)
         self.front_end = cfg.front_end()
         self.audio_backbone, info = create_backbone(cfg.audio_backbone, False, self.front_end.bins, in_chans=1)
         self.audio_info = replace(info, mean=[0.0], std=[1.0], front_end=self.front_end.to_dict())
-        self.vision_embed = projection_mlp(feature_dim, 512, cfg.embed_dim)
+        self.vision_embed = projection_mlp(ctx.feature_dim, 512, cfg.embed_dim)
         self.audio_embed = projection_mlp(info.feature_dim, 512, cfg.embed_dim)
         if cfg.fusion == "concat":
             self.head = nn.Sequential(nn.Linear(2 * cfg.embed_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
@@ -141,7 +143,9 @@ class AudioVisual(Method):
     def towers(self) -> dict[str, tuple[nn.Module, Any]]:
         return {"audio_backbone": (self.audio_backbone, self.audio_info)}
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None, audio: torch.Tensor = None):
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        images = batch.images
+        audio = batch.audio
         if audio is None:
             raise ValueError("audio-visual needs the sound of its clips")
         cfg = self.cfg
@@ -195,8 +199,6 @@ class AudioVisual(Method):
         """Pairs drawn once with a fixed seed from val clips, exactly half of them matching, each
         negative hearing another clip: (uint8 frames, spectrograms, labels, and the spectrograms
         of noise as loud as each sound)."""
-        from ..data.images import load_batches
-
         gen = torch.Generator().manual_seed(VAL_SEED)
         split = val.for_epoch(VAL_SEED, 0)
         order = torch.randperm(len(split), generator=gen)[: self.cfg.val_pairs]

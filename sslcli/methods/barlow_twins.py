@@ -16,7 +16,7 @@ from ..losses import barlow_twins_loss
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding
-from .base import StepOutput, projection_mlp
+from .base import MethodContext, StepOutput, projection_mlp
 
 
 @dataclass
@@ -33,9 +33,11 @@ class BarlowTwins(JointEmbedding):
     Config = BarlowTwinsConfig
     description = "non-contrastive: make the two views' cross-correlation matrix the identity"
 
-    def __init__(self, cfg: BarlowTwinsConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: BarlowTwinsConfig = self.cfg
+        # no last bias: the loss standardises each dimension over the batch, which removes it
+        self.projector = projection_mlp(ctx.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers, last_bias=False)
 
     def training_step(self, views: torch.Tensor) -> StepOutput:
         z = self.projector(self.backbone(views)).float()

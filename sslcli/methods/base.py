@@ -1,13 +1,15 @@
 """The shared base of every method plugin.
 
-A plugin declares its recipe keys (a `Config` dataclass), which views it makes from a batch of
-uint8 images (`make_views`), its heads (as submodules), and `training_step(views)` returning the
-loss and a dict of metrics. State that must survive a resume (queues, memory banks, momentum
-encoders) lives in modules or registered buffers, so the engine checkpoints it with the rest.
+A plugin declares its recipe keys (a `Config` dataclass), which views it makes from a batch
+(`make_views`), its heads (as submodules), and `training_step(views)` returning the loss and a dict
+of metrics. It is built from one `MethodContext` and makes views from one `Batch`. State that
+must survive a resume (queues, memory banks, momentum encoders) lives in modules or registered
+buffers, so the engine checkpoints it with the rest.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -15,10 +17,24 @@ import torch.nn as nn
 
 from .. import distributed
 from ..data.clips import SoundPlan
+from ..data.images import Batch
 from ..errors import UserError
 from ..recipe import MethodConfig, Recipe
 
 StepOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is built from: the recipe (the method's own keys are `recipe.method`), the
+    backbone, the width of its pooled features, the side of the data's images, and the number of
+    classes of labelled data (None when unlabelled)."""
+
+    recipe: Recipe
+    backbone: nn.Module
+    feature_dim: int
+    image_size: int
+    num_classes: Optional[int] = None
 
 
 class Method(nn.Module):
@@ -28,19 +44,17 @@ class Method(nn.Module):
     data_kind: ClassVar[str] = "images"  # images (clips are read as frames) or video (clips only)
     two_views: ClassVar[bool] = False  # makes two views of an item (time-contrastive views may come from clips)
     uses_labels: ClassVar[bool] = False
-    uses_indices: ClassVar[bool] = False  # make_views also gets each image's index in the training split
     multi_process: ClassVar[bool] = True  # under torchrun, shard_views gives each rank its exact share
 
-    def __init__(self, cfg: MethodConfig, recipe: Recipe, backbone: nn.Module, feature_dim: int, image_size: int,
-                 num_classes: Optional[int] = None):
+    def __init__(self, ctx: MethodContext):
         super().__init__()
-        self.num_classes = num_classes
-        self.cfg = cfg
-        self.recipe = recipe
-        self.backbone = backbone
-        self.feature_dim = feature_dim
-        self.image_size = image_size
-        self.crop_size = view_side(recipe, image_size)
+        self.cfg = ctx.recipe.method
+        self.recipe = ctx.recipe
+        self.backbone = ctx.backbone
+        self.feature_dim = ctx.feature_dim
+        self.image_size = ctx.image_size
+        self.num_classes = ctx.num_classes
+        self.crop_size = view_side(ctx.recipe, ctx.image_size)
 
     @classmethod
     def check_data(cls, data: Any, recipe: Recipe) -> None:
@@ -63,7 +77,7 @@ class Method(nn.Module):
     @classmethod
     def sound_plan(cls, recipe: Recipe) -> Optional[SoundPlan]:
         """How this method hears clips (rate, seconds of sound around a frame); None: it uses no
-        sound. A method with a plan gets `audio` (B, T, samples) in `make_views`."""
+        sound. A method with a plan gets `batch.audio` (B, T, samples) in `make_views`."""
         return None
 
     def towers(self) -> dict[str, tuple[nn.Module, Any]]:
@@ -82,23 +96,24 @@ class Method(nn.Module):
         methods with nothing to show."""
         return None
 
-    def batch_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None,
-                    **extra: Any) -> Any:
+    def batch_views(self, batch: Batch, gen: torch.Generator) -> Any:
         """`make_views` of a batch as the data gives it: images, or clips (B, T, 3, S, S), of which
         a method that trains on images sees frames (`take_frames`)."""
-        if images.ndim == 5 and self.data_kind != "video":
-            images = self.take_frames(images, gen)
-        return self.make_views(images, gen, labels, **extra)
+        if batch.images.ndim == 5 and self.data_kind != "video":
+            batch = replace(batch, images=self.take_frames(batch.images, gen))
+        return self.make_views(batch, gen)
 
     def take_frames(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One frame of each clip, drawn at random: (B, 3, S, S)."""
         pick = torch.randint(clips.shape[1], (clips.shape[0],), generator=gen, device=clips.device)
         return clips[torch.arange(clips.shape[0], device=clips.device), pick]
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels: Optional[torch.Tensor] = None) -> Any:
-        """Turn a batch of uint8 images (on the training device) into this method's inputs.
-        `labels` is given only to methods with `uses_labels`; methods with `uses_indices` also
-        get `indices`, each image's position in the training split (for per-image memory)."""
+    def make_views(self, batch: Batch, gen: torch.Generator) -> Any:
+        """Turn a batch (on the training device) into this method's inputs: `batch.images` uint8
+        (B, 3, S, S), or clips (B, T, 3, S, S) for a video method; `batch.indices`, each item's
+        position in the training split (for per-image memory); `batch.labels` only for a method
+        with `uses_labels` (None otherwise); `batch.audio` (B, T, samples) for a method with a
+        `sound_plan`. Random choices come from `gen` alone, so a resumed run makes the same views."""
         raise NotImplementedError
 
     def shard_views(self, views: Any, n: int) -> Any:
@@ -130,14 +145,15 @@ def view_side(recipe: Recipe, image_size: int) -> int:
     return int(image_size) if crop == "auto" else int(crop)
 
 
-def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
-    """Linear-BN-ReLU blocks then a final Linear: the SimCLR/MoCo v2 projection head."""
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bias: bool = True) -> nn.Sequential:
+    """Linear-BN-ReLU blocks then a final Linear: the SimCLR/MoCo v2 projection head. `last_bias=False`
+    for a loss that standardises its input, which removes any bias (its gradient is zero)."""
     blocks: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
         blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
-    blocks.append(nn.Linear(dim, out_dim))
+    blocks.append(nn.Linear(dim, out_dim, bias=last_bias))
     return nn.Sequential(*blocks)
 
 

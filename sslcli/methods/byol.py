@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.images import Batch
 from ..losses import byol_loss
 from ..recipe import option
 from ..registry import register_method
 from ._joint import JointEmbedding, MultiCropConfig, cosine_momentum, ema_update, momentum_copy
-from .base import StepOutput, projection_mlp
+from .base import MethodContext, StepOutput, projection_mlp
 
 
 @dataclass
@@ -36,17 +37,18 @@ class BYOL(JointEmbedding):
     Config = BYOLConfig
     description = "non-contrastive: predict a momentum target's embedding of another view (no negatives)"
 
-    def __init__(self, cfg: BYOLConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: BYOLConfig = self.cfg
+        self.projector = projection_mlp(ctx.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.predictor = projection_mlp(cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim)
-        self.target_backbone = momentum_copy(backbone)
+        self.target_backbone = momentum_copy(ctx.backbone)
         self.target_projector = momentum_copy(self.projector)
         self.small = self.small_crop_augment()
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
-        large = super().make_views(images, gen)
-        return large if self.small is None else (large, self.small_views(self.pair(images)[0], gen))
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        large = super().make_views(batch, gen)
+        return large if self.small is None else (large, self.small_views(self.pair(batch.images)[0], gen))
 
     def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projector(self.backbone(x))

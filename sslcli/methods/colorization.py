@@ -22,14 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import normalize, random_resized_crop, to_float
+from ..data.images import Batch
 from ..errors import UserError
 from ..losses import weighted_cross_entropy
 from ..recipe import Recipe, option
 from ..registry import register_method
-from ._colour import (NUM_BINS, annealed_mean, encode_ab, grey_rgb, lab_to_rgb, rebalance_weights, rgb_to_lab,
-                      smooth_prior, soft_encode_ab)
+from ._colour import NUM_BINS, annealed_mean, encode_ab, grey_rgb, lab_to_rgb, rebalance_weights, rgb_to_lab, smooth_prior, soft_encode_ab
 from ._dense import DenseConfig, LightDecoder, tile_grid
-from .base import Method, StepOutput, view_side
+from .base import Method, MethodContext, StepOutput, view_side
+
 
 @dataclass
 class ColorizationConfig(DenseConfig):
@@ -50,9 +51,10 @@ class Colorization(Method):
     Config = ColorizationConfig
     description = "pretext: predict each pixel's colour (ab bins) from its lightness (L)"
 
-    def __init__(self, cfg: ColorizationConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.decoder = LightDecoder(backbone, NUM_BINS, width=cfg.decoder_width, count=cfg.decoder_stages,
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: ColorizationConfig = self.cfg
+        self.decoder = LightDecoder(ctx.backbone, NUM_BINS, width=cfg.decoder_width, count=cfg.decoder_stages,
                                     depth=cfg.decoder_depth)
         self.out_size = max(1, self.crop_size // 4)
         self.register_buffer("prior", torch.full((NUM_BINS,), 1.0 / NUM_BINS))
@@ -77,7 +79,8 @@ class Colorization(Method):
         ab = F.adaptive_avg_pool2d(lab[:, 1:], out_size)
         return inputs, encode_ab(ab), ab
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        images = batch.images
         aug = self.recipe.augment
         x = random_resized_crop(to_float(images), self.crop_size, gen, tuple(aug.crop_scale), tuple(aug.crop_ratio),
                                 aug.flip)

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, random_resized_crop, to_float
+from ..data.images import Batch
 from ..errors import UserError
 from ..recipe import option
 from ..registry import register_method
 from ._dense import DenseConfig, LightDecoder, tile_grid
-from .base import Method, StepOutput, view_side
+from .base import Method, MethodContext, StepOutput, view_side
 
 MIN_SIDE = 16  # training views smaller than this leave too little context around the hole
 GREY = 0.5  # how hidden pixels are shown in visual.png
@@ -121,9 +122,10 @@ class Inpainting(Method):
     Config = InpaintingConfig
     description = "pretext: paint back a hidden region of each image from its context (context encoder)"
 
-    def __init__(self, cfg: InpaintingConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.decoder = LightDecoder(backbone, 3, width=cfg.decoder_width, count=cfg.decoder_stages,
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: InpaintingConfig = self.cfg
+        self.decoder = LightDecoder(ctx.backbone, 3, width=cfg.decoder_width, count=cfg.decoder_stages,
                                     depth=cfg.decoder_depth)
 
     @classmethod
@@ -142,7 +144,8 @@ class Inpainting(Method):
         c = self.cfg
         return make_mask(n, size, c.mask, gen, fraction=c.fraction, blocks=c.blocks, device=device)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        images = batch.images
         """(masked input, mask, target): the normalised crop with hidden pixels set to 0 (the
         dataset mean), the bool (N, 1, S, S) mask, and the normalised crop itself."""
         a = self.recipe.augment

@@ -22,11 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import ViewAugment
+from ..data.images import Batch
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._permutations import TILES, hamming_permutations
-from .base import Method, StepOutput, patch_input_side, resize_patches, view_side
+from .base import Method, MethodContext, StepOutput, patch_input_side, resize_patches, view_side
 
 GRID = 3
 MIN_TILE = 8  # pixels: smaller tiles leave the backbone nothing to see
@@ -130,24 +131,26 @@ class Jigsaw(Method):
     Config = JigsawConfig
     description = "pretext: say which of N permutations shuffled the 3x3 tiles of an image (siamese tiles)"
 
-    def __init__(self, cfg: JigsawConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: JigsawConfig = self.cfg
         self.tile = tile_side(self.crop_size, cfg.tile)
         self.tile_input = patch_input_side(self.tile, cfg.tile_input)
         self.register_buffer("perms", hamming_permutations(cfg.num_permutations, cfg.permutation_seed))
-        self.tile_head = nn.Sequential(nn.Linear(feature_dim, cfg.tile_dim), nn.ReLU(inplace=True))
+        self.tile_head = nn.Sequential(nn.Linear(ctx.feature_dim, cfg.tile_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
             nn.Linear(TILES * cfg.tile_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
             nn.Linear(cfg.head_hidden_dim, cfg.num_permutations),
         )
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
+        self.augment = ViewAugment(ctx.recipe.augment, self.crop_size)
 
     @classmethod
     def check_data(cls, data, recipe) -> None:
         super().check_data(data, recipe)
         check_tiles_fit(cls.name, view_side(recipe, data.image_size), recipe.method.tile)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_views(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch.images
         x = self.augment(images, gen)
         tiles = cut_tiles(x, self.tile, gen, self.cfg.channel_jitter)
         puzzle = torch.randint(len(self.perms), (x.shape[0],), generator=gen, device=x.device)

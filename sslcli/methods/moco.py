@@ -22,7 +22,7 @@ from ..losses import info_nce, info_nce_logits
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding, cosine_momentum, ema_update, momentum_copy
-from .base import StepOutput, projection_mlp
+from .base import MethodContext, StepOutput, projection_mlp
 
 
 @dataclass
@@ -51,10 +51,11 @@ class MoCo(JointEmbedding):
     Config = MoCoConfig
     description = "contrastive: match a momentum encoder's key among a queue of past keys (MoCo v2)"
 
-    def __init__(self, cfg: MoCoConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
-        self.key_backbone = momentum_copy(backbone)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: MoCoConfig = self.cfg
+        self.projector = projection_mlp(ctx.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.key_backbone = momentum_copy(ctx.backbone)
         self.key_projector = momentum_copy(self.projector)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))

@@ -21,10 +21,11 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from ..data.images import Batch
 from ..errors import UserError
 from ..recipe import MethodConfig, build_section, option
 from ..registry import get_method, register_method
-from .base import Method, StepOutput
+from .base import Method, MethodContext, StepOutput
 
 
 def parse_tasks(tasks: list[dict]) -> list[tuple[type[Method], MethodConfig, float]]:
@@ -73,23 +74,19 @@ class MultitaskConfig(MethodConfig):
 class Multitask(Method):
     Config = MultitaskConfig
     description = "pretext: several pretext tasks on one backbone, each with its own head (alternating or mixed)"
-    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
-
-    def __init__(self, cfg: MultitaskConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: MultitaskConfig = self.cfg
         self.tasks = nn.ModuleDict()
         weights = []
         for cls, task_cfg, weight in parse_tasks(cfg.tasks):
-            task = cls(task_cfg, dataclasses.replace(recipe, method=task_cfg), backbone, feature_dim, image_size,
-                       num_classes)
+            task = cls(dataclasses.replace(ctx, recipe=dataclasses.replace(ctx.recipe, method=task_cfg)))
             # the backbone is registered once, here; a task only holds a reference, so the
             # checkpoint stores it once and every task trains the same weights
             del task._modules["backbone"]
-            object.__setattr__(task, "backbone", backbone)
+            object.__setattr__(task, "backbone", ctx.backbone)
             self.tasks[cls.name] = task
             weights.append(weight)
-        # a task with a memory bank (pirl) needs each image's index, so the whole method asks for them
-        self.uses_indices = any(task.uses_indices for task in self.tasks.values())
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float64))
         self.register_buffer("steps_per_task", torch.zeros(len(weights), dtype=torch.long))
 
@@ -111,17 +108,16 @@ class Multitask(Method):
         behind = share * (done.sum() + 1) - done
         return int(behind.argmax())
 
-    def _task_views(self, name: str, images: torch.Tensor, gen: torch.Generator, indices):
-        task = self.tasks[name]
-        return task.make_views(images, gen, **({"indices": indices} if task.uses_indices else {}))
-
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None, indices=None):
+    def make_views(self, batch: Batch, gen: torch.Generator):
         names = list(self.tasks)
         if self.cfg.mode == "mix":
-            return {name: self._task_views(name, images, gen, indices) for name in names}
+            return {name: self.tasks[name].make_views(batch, gen) for name in names}
         index = self.next_task()
         self.steps_per_task[index] += 1
-        return {names[index]: self._task_views(names[index], images, gen, indices)}
+        return {names[index]: self.tasks[names[index]].make_views(batch, gen)}
+
+    def shard_views(self, views, n: int):
+        return {name: self.tasks[name].shard_views(task_views, n) for name, task_views in views.items()}
 
     def training_step(self, views) -> StepOutput:
         names = list(self.tasks)

@@ -21,12 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed
+from ..data.images import Batch
 from ..errors import UserError
 from ..losses import info_nce
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding
-from .base import StepOutput, patch_input_side, resize_patches, view_side
+from .base import MethodContext, StepOutput, patch_input_side, resize_patches, view_side
 from .jigsaw import TILES, check_tiles_fit, cut_tiles, normalise_tiles, shuffle_tiles, tile_side
 
 
@@ -47,14 +48,14 @@ class PIRLConfig(MethodConfig):
 class PIRL(JointEmbedding):
     Config = PIRLConfig
     description = "contrastive: an image and its shuffled tiles match one memory-bank entry (jigsaw-invariant)"
-    uses_indices = True
 
-    def __init__(self, cfg: PIRLConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: PIRLConfig = self.cfg
         self.tile = tile_side(self.crop_size, cfg.tile)
         self.tile_input = patch_input_side(self.tile, cfg.tile_input)
-        self.image_head = nn.Linear(feature_dim, cfg.embedding_dim)
-        self.tile_head = nn.Linear(feature_dim, cfg.embedding_dim)
+        self.image_head = nn.Linear(ctx.feature_dim, cfg.embedding_dim)
+        self.tile_head = nn.Linear(ctx.feature_dim, cfg.embedding_dim)
         self.tiles_head = nn.Linear(TILES * cfg.embedding_dim, cfg.embedding_dim)
         self.register_buffer("bank", torch.zeros(0, cfg.embedding_dim))
 
@@ -77,7 +78,9 @@ class PIRL(JointEmbedding):
                             f"{self.bank.shape[0]}; resume on the run's own data")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None, indices=None):
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        images = batch.images
+        indices = batch.indices
         first, second = self.pair(images)
         image = self.augments[0](first, gen)
         tiles = cut_tiles(self.augments[1](second, gen), self.tile, gen, channel_jitter=1)

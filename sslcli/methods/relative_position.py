@@ -47,11 +47,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data.augment import ViewAugment, normalize, random_grayscale, to_float
+from ..data.images import Batch
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput, patch_input_side, resize_patches, view_side
+from .base import Method, MethodContext, StepOutput, patch_input_side, resize_patches, view_side
 
 # (row, col) step from the anchor (the centre patch) to the neighbour labelled 0..7.
 NEIGHBOUR_OFFSETS: list[tuple[int, int]] = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -135,15 +137,14 @@ class RelativePositionConfig(MethodConfig):
 class RelativePosition(Method):
     Config = RelativePositionConfig
     description = "pretext: say where one of 8 patches around a centre patch sits (3x3 grid, gaps, jitter)"
-    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
-
-    def __init__(self, cfg: RelativePositionConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: RelativePositionConfig = self.cfg
         self.patch, self.gap, self.jitter = resolve_geometry(cfg.patch, cfg.gap, cfg.jitter, self.crop_size)
         self.patch_input = patch_input_side(self.patch, cfg.patch_input)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
+        self.augment = ViewAugment(ctx.recipe.augment, self.crop_size)
         self.head = nn.Sequential(
-            nn.Linear(2 * feature_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(2 * ctx.feature_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
             nn.Linear(cfg.head_hidden_dim, len(NEIGHBOUR_OFFSETS)),
         )
 
@@ -173,9 +174,14 @@ class RelativePosition(Method):
             x = x - x.mean((2, 3), keepdim=True)
         return resize_patches(x, self.patch_input), origins
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_views(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch.images
         x, _ = self._patches(self.augment.unnormalised(images, gen), gen)
         return x, pair_labels(images.shape[0], images.device)
+
+    def shard_views(self, views, n: int):
+        patches, labels = views  # nine patches and eight pair labels per image, image after image
+        return distributed.share_items(patches, n), distributed.share_items(labels, n)
 
     def visualize(self, images: torch.Tensor):
         """Side by side for each image: its 3x3 grid of patches (one fixed draw, in colour), each neighbour

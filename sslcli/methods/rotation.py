@@ -11,9 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import ViewAugment
+from ..data.images import Batch
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput, projection_mlp
+from .base import Method, MethodContext, StepOutput, projection_mlp
 
 
 def rotate_all(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,15 +39,17 @@ class Rotation(Method):
     Config = RotationConfig
     description = "pretext: predict which of 0/90/180/270 degrees an image was rotated by"
 
-    def __init__(self, cfg: RotationConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: RotationConfig = self.cfg
         if cfg.head_hidden_dim:
-            self.head = projection_mlp(feature_dim, cfg.head_hidden_dim, 4)
+            self.head = projection_mlp(ctx.feature_dim, cfg.head_hidden_dim, 4)
         else:
-            self.head = nn.Linear(feature_dim, 4)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
+            self.head = nn.Linear(ctx.feature_dim, 4)
+        self.augment = ViewAugment(ctx.recipe.augment, self.crop_size)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_views(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch.images
         return rotate_all(self.augment(images, gen))
 
     def training_step(self, views) -> StepOutput:

@@ -19,11 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import ViewAugment, eval_view, to_float
+from ..data.images import Batch, load_batches
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._metrics import balanced_accuracy
-from .base import Method, StepOutput
+from .base import Method, MethodContext, StepOutput
 
 SCAN_CLIPS = 64  # training clips looked at before training for a window of motion
 
@@ -91,10 +92,11 @@ class ShuffleAndLearn(Method):
     multi_process = False  # its views' layout is not shared out over torchrun ranks yet
     data_kind = "video"
 
-    def __init__(self, cfg: ShuffleAndLearnConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
-        self.head = nn.Sequential(nn.Linear(3 * feature_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: ShuffleAndLearnConfig = self.cfg
+        self.augment = ViewAugment(ctx.recipe.augment, self.crop_size)
+        self.head = nn.Sequential(nn.Linear(3 * ctx.feature_dim, cfg.head_hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(cfg.head_hidden_dim, 1))
         self._val: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = None
 
@@ -115,8 +117,6 @@ class ShuffleAndLearn(Method):
     @torch.no_grad()
     def setup(self, train: Any) -> None:
         """Refuse, before training, data in which no sampled clip has a window of motion."""
-        from ..data.images import load_batches
-
         sample = torch.arange(min(len(train), SCAN_CLIPS))
         best = 0.0
         for clips, _, _ in load_batches(train.for_epoch(self.recipe.train.seed, 0), [sample]):
@@ -128,7 +128,8 @@ class ShuffleAndLearn(Method):
                 f"looked at, the most motion is {best:.4f}, under method.motion_threshold={self.cfg.motion_threshold:g}; "
                 f"lower the threshold or give clips in which something moves")
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        images = batch.images
         _, frames, order = self.tuples(images, gen)
         if not len(order):  # no clip of this batch moved
             return images.new_zeros((0, 3, self.crop_size, self.crop_size), dtype=torch.float), order, images.shape[0]
@@ -167,8 +168,6 @@ class ShuffleAndLearn(Method):
     def _val_tuples(self, val: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Tuples drawn once, with a fixed seed, from val clips as they are ("order") and with each
         clip's frames shuffled in time ("shuffled": labels then say nothing of real order)."""
-        from ..data.images import load_batches
-
         gen = torch.Generator().manual_seed(12345)
         split = val.for_epoch(12345, 0)
         out: dict[str, list] = {"order": [], "shuffled": []}

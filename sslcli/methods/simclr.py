@@ -13,7 +13,7 @@ from ..losses import nt_xent
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding
-from .base import StepOutput, projection_mlp
+from .base import MethodContext, StepOutput, projection_mlp
 
 
 @dataclass
@@ -30,9 +30,10 @@ class SimCLR(JointEmbedding):
     Config = SimCLRConfig
     description = "contrastive: two augmented views of an image attract, other images repel (NT-Xent)"
 
-    def __init__(self, cfg: SimCLRConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: SimCLRConfig = self.cfg
+        self.projector = projection_mlp(ctx.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
 
     def training_step(self, views: torch.Tensor) -> StepOutput:
         z = self.projector(self.backbone(views))

@@ -10,9 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.augment import ViewAugment
+from ..data.images import Batch
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from .base import Method, StepOutput
+from .base import Method, MethodContext, StepOutput
 
 
 @dataclass
@@ -26,15 +27,15 @@ class Supervised(Method):
     description = "supervised: a linear head trained with labels (what finetune runs; the supervised baseline)"
     uses_labels = True
 
-    def __init__(self, cfg: SupervisedConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        if not num_classes:
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        if not ctx.num_classes:
             raise ValueError("the supervised method needs the number of classes")
-        self.head = nn.Linear(feature_dim, num_classes)
-        self.augment = ViewAugment(recipe.augment, self.crop_size)
+        self.head = nn.Linear(ctx.feature_dim, ctx.num_classes)
+        self.augment = ViewAugment(ctx.recipe.augment, self.crop_size)
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None):
-        return self.augment(images, gen), labels
+    def make_views(self, batch: Batch, gen: torch.Generator):
+        return self.augment(batch.images, gen), batch.labels
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

@@ -9,7 +9,9 @@ NeurIPS 2020.
 The prototypes are renormalised before every step and get no gradient for the first
 `freeze_prototypes_steps`. For small batches an optional queue of past large-crop embeddings
 joins the Sinkhorn problem from `queue_start_epoch` on, so the equipartition is taken over
-enough samples; it is module state, checkpointed with the rest.
+enough samples; it is module state, checkpointed with the rest. Under torchrun the queue holds
+every rank's crops and is the same on every rank (one checkpoint holds it whole), and each rank
+brings its part of it to the Sinkhorn problem, which is then the one process's.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data.augment import ViewAugment
+from ..data.images import Batch
 from ..losses import code_entropy, sinkhorn_knopp, swav_loss
 from ..recipe import option
 from ..registry import register_method
 from ._joint import JointEmbedding, MultiCropConfig, check_scale
-from .base import StepOutput, projection_mlp
-
+from .base import MethodContext, StepOutput, projection_mlp
 
 # Codes' entropy over ln K above which SwAV has collapsed to uniform codes: 0.9999 in a collapsed
 # run on synthetic:shapes (loss stuck at ln 64), 0.68-0.71 at the end of a healthy one.
@@ -58,19 +61,21 @@ class SwAV(JointEmbedding):
     Config = SwAVConfig
     description = "clustering: predict another crop's equipartitioned prototype code (Sinkhorn-Knopp, multi-crop)"
 
-    def __init__(self, cfg: SwAVConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        large = replace(recipe.augment, crop_scale=list(cfg.large_crop_scale))
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: SwAVConfig = self.cfg
+        large = replace(ctx.recipe.augment, crop_scale=list(cfg.large_crop_scale))
         self.large = tuple(ViewAugment(large, self.crop_size, view) for view in (0, 1))
         self.small = self.small_crop_augment()
-        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.projector = projection_mlp(ctx.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("progress", torch.zeros((), dtype=torch.float64))
         self.register_buffer("queue", torch.zeros(2, cfg.queue_size, cfg.proj_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
-    def make_views(self, images: torch.Tensor, gen: torch.Generator, labels=None) -> tuple[torch.Tensor, ...]:
+    def make_views(self, batch: Batch, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        images = batch.images
         large = torch.cat([augment(frames, gen) for augment, frames in zip(self.large, self.pair(images))])
         if not self.cfg.small_crops:
             return (large,)
@@ -99,13 +104,14 @@ class SwAV(JointEmbedding):
             use_queue = self._queue_active() and int(self.queue_filled) >= cfg.queue_size
             for i in range(2):
                 s = crops[i].detach()
-                if use_queue:
-                    s = torch.cat([self.queue[i] @ weight.detach().float().T, s])
+                if use_queue:  # each rank brings its part of the queue to the one global problem
+                    mine = torch.tensor_split(self.queue[i], distributed.world_size())[distributed.rank()]
+                    s = torch.cat([mine @ weight.detach().float().T, s])
                 codes.append(sinkhorn_knopp(s, cfg.epsilon, cfg.sinkhorn_iterations)[-n:])
-            if cfg.queue_size:
-                large = z[:2 * n].detach().view(2, n, -1)
+            if cfg.queue_size:  # every rank's large crops, so the queue is the same on every rank
+                large = distributed.gather(z[:2 * n].detach().view(2, n, -1).transpose(0, 1)).transpose(0, 1)
                 self.queue.copy_(torch.cat([large, self.queue], 1)[:, :cfg.queue_size])
-                self.queue_filled.fill_(min(cfg.queue_size, int(self.queue_filled) + n))
+                self.queue_filled.fill_(min(cfg.queue_size, int(self.queue_filled) + large.shape[1]))
             used = codes[0].argmax(1).unique().numel() / cfg.prototypes
         loss = swav_loss(crops, codes, cfg.temperature)
         return loss, {"prototypes_used": torch.tensor(used), "code_entropy": code_entropy(codes[0]),

@@ -16,7 +16,7 @@ from ..losses import vicreg_loss
 from ..recipe import MethodConfig, option
 from ..registry import register_method
 from ._joint import JointEmbedding
-from .base import StepOutput, projection_mlp
+from .base import MethodContext, StepOutput, projection_mlp
 
 
 @dataclass
@@ -34,9 +34,10 @@ class VICReg(JointEmbedding):
     Config = VICRegConfig
     description = "non-contrastive: invariance, a variance floor and decorrelation of the embeddings"
 
-    def __init__(self, cfg: VICRegConfig, recipe, backbone, feature_dim, image_size, num_classes=None):
-        super().__init__(cfg, recipe, backbone, feature_dim, image_size, num_classes)
-        self.projector = projection_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        cfg: VICRegConfig = self.cfg
+        self.projector = projection_mlp(ctx.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
 
     def training_step(self, views: torch.Tensor) -> StepOutput:
         z = self.projector(self.backbone(views)).float()
