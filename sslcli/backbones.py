@@ -16,6 +16,47 @@ from .errors import UserError, did_you_mean
 from .files import atomic_write
 
 SMALL_INPUT_AUTO_MAX = 32  # the standard stem leaves a 1x1 map at this size and below
+RANDOM = "random:"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """MODEL as every command takes it, parsed once (`parse_model`): `random:TIMM_NAME` (the
+    random-init floor), a run folder from `sslcli pretrain`, or a `.safetensors` weights file."""
+
+    text: str
+    random_name: Optional[str] = None  # the timm name of a random: model
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_name is not None
+
+    @property
+    def path(self) -> Optional[Path]:
+        return None if self.is_random else Path(self.text)
+
+    @property
+    def run_folder(self) -> Optional[Path]:
+        """Where the run's own files (recipe.yaml, checkpoints) are: the folder given, or the folder
+        a weights file sits in; None for a random: model."""
+        if self.path is None:
+            return None
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_model(spec: "str | ModelRef") -> ModelRef:
+    """The one parser of MODEL; a ModelRef is returned as it is."""
+    if isinstance(spec, ModelRef):
+        return spec
+    if spec.startswith(RANDOM):
+        name = spec[len(RANDOM):]
+        if not name:
+            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+        return ModelRef(spec, name)
+    return ModelRef(spec)
 
 
 @dataclass
@@ -123,10 +164,13 @@ def save_backbone(model: nn.Module, info: BackboneInfo, folder: Path, stem: str 
     return weights
 
 
-def read_info(spec: str, tower: str = "vision") -> tuple[BackboneInfo, Path, Path]:
+def read_info(spec: "str | ModelRef", tower: str = "vision") -> tuple[BackboneInfo, Path, Path]:
     """The json of a run folder's backbone (or audio tower), or of a .safetensors file, and the
     weights file and json file; the weights themselves are not read."""
-    path = Path(spec)
+    ref = parse_model(spec)
+    if ref.is_random:
+        raise UserError(f"'{ref}' is a random model, with no weights file; give a run folder or a backbone.safetensors")
+    path = ref.path
     if not path.exists():
         raise UserError(
             f"model '{spec}' does not exist; give a run folder from `sslcli pretrain`, "
@@ -150,7 +194,7 @@ def read_info(spec: str, tower: str = "vision") -> tuple[BackboneInfo, Path, Pat
         raise UserError(f"'{meta}' is not a valid backbone.json ({exc})") from None
 
 
-def read_weights(spec: str, tower: str = "vision") -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
+def read_weights(spec: "str | ModelRef", tower: str = "vision") -> tuple[dict[str, torch.Tensor], BackboneInfo, Path]:
     """The weights and json of a run folder's backbone (or audio tower), or of a .safetensors file;
     the file is read once, checked against the sha256 its json records, then parsed."""
     import hashlib
@@ -194,21 +238,20 @@ def load_weights_into(model: nn.Module, info: BackboneInfo, spec: str) -> Backbo
     return saved
 
 
-def load_model(spec: str, image_size: int | None = None, tower: str = "vision") -> tuple[nn.Module, BackboneInfo]:
+def load_model(spec: "str | ModelRef", image_size: int | None = None, tower: str = "vision") -> tuple[nn.Module, BackboneInfo]:
     """MODEL as the commands take it: a run folder, a backbone.safetensors file, or random:TIMM_NAME;
     `tower="audio"`: an audio-visual run's audio tower (random: one with one input channel).
 
     `image_size` is used for `random:` models (whose stem depends on it)."""
-    if spec.startswith("random:"):
-        name = spec[len("random:"):]
-        if not name:
-            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
+    ref = parse_model(spec)
+    if ref.is_random:
+        name = ref.random_name
         with torch.random.fork_rng():  # the same floor every time, global RNG untouched
             torch.manual_seed(0)
             if tower == "audio":
                 return create_backbone(name, False, image_size or 224, in_chans=1)
             return create_backbone(name, "auto", image_size or 224)
-    state, info, weights = read_weights(spec, tower)
+    state, info, weights = read_weights(ref, tower)
     model, _ = create_backbone(info.timm_name, info.small_input, info.input_size, in_chans=info.in_chans)
     _load_state(model, state, weights, info.timm_name)
     return model, info

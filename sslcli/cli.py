@@ -192,9 +192,11 @@ def knn(
 
     [dim]Example: sslcli knn runs/a --data synthetic:shapes --json[/dim]
     """
+    from .backbones import parse_model
     from .distributed import joined
     from .evaluation.run import choose_data, run_knn
 
+    model = parse_model(model)  # MODEL is parsed here, once
     choice = choose_data(model, data, data_root)
     with joined(device):  # under torchrun the ranks share the feature extraction
         result = run_knn(model, choice, k=k, temperature=temperature, layer=layer, batch_size=batch_size, device=device,
@@ -227,9 +229,11 @@ def probe(
 
     [dim]Example: sslcli probe runs/a --data synthetic:shapes --layers all --json[/dim]
     """
+    from .backbones import parse_model
     from .distributed import is_main, joined
     from .evaluation.run import choose_data, run_probe
 
+    model = parse_model(model)  # MODEL is parsed here, once
     choice = choose_data(model, data, data_root)
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot '{plot}' must end in .png")
@@ -300,9 +304,11 @@ def visualize_neighbours(
 
     [dim]Example: sslcli visualize-neighbours runs/a --data synthetic:shapes --out grid.png[/dim]
     """
+    from .backbones import parse_model
     from .distributed import joined
     from .evaluation.run import choose_data, run_neighbours
 
+    model = parse_model(model)  # MODEL is parsed here, once
     choice = choose_data(model, data, data_root)
     with joined(device):  # under torchrun the ranks share the feature extraction; rank 0 writes the picture
         result = run_neighbours(model, choice, out, queries=queries, k=k, query_files=query, seed=seed, device=device,

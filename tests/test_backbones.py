@@ -56,3 +56,18 @@ def test_zero_init_last_chooses_the_residual_branch_start():
         assert torch.count_nonzero(block.bn2.weight) == 0
     for block in (tv_start.layer1[0], tv_start.layer4[1]):
         assert torch.equal(block.bn2.weight, torch.ones_like(block.bn2.weight))
+
+
+def test_model_is_parsed_once_into_a_reference(tmp_path):
+    from sslcli.backbones import parse_model
+    from sslcli.errors import UserError
+
+    floor = parse_model("random:resnet18")
+    assert floor.is_random and floor.random_name == "resnet18" and floor.run_folder is None
+    assert parse_model(floor) is floor  # a parsed reference passes through untouched
+    (tmp_path / "run").mkdir()
+    weights = tmp_path / "run" / "backbone.safetensors"
+    assert parse_model(str(tmp_path / "run")).run_folder == tmp_path / "run"
+    assert parse_model(str(weights)).run_folder == tmp_path / "run" and str(parse_model(str(weights))) == str(weights)
+    with pytest.raises(UserError, match="'random:' needs a timm model name"):
+        parse_model("random:")

@@ -5,11 +5,10 @@ folder, not only its weight files."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from ..backbones import create_backbone, read_info
+from ..backbones import ModelRef, create_backbone, parse_model, read_info
 from ..errors import UserError
 from ..files import digest_matches
 from ..methods.base import MethodContext
@@ -17,12 +16,13 @@ from ..recipe import resolve_recipe
 from ..registry import get_method
 
 
-def open_joint_model(run: str) -> torch.nn.Module:
+def open_joint_model(run: str | ModelRef) -> torch.nn.Module:
     """The whole audio-visual model of run folder `run` (both towers and their embedding heads),
     in eval mode; refused unless it was trained with `fusion: distance`."""
-    folder = Path(run)
-    ckpt = folder / "checkpoints" / "last.pt"
-    if run.startswith("random:") or not folder.is_dir() or not ckpt.is_file():
+    run = parse_model(run)
+    folder = run.path
+    ckpt = folder / "checkpoints" / "last.pt" if folder is not None else None
+    if folder is None or not folder.is_dir() or not ckpt.is_file():
         raise UserError(f"--query-tower audio needs an audio-visual run folder with checkpoints/last.pt (it holds the "
                         f"embedding heads), not '{run}'")
     try:

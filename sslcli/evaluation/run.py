@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..backbones import BackboneInfo, load_model
+from ..backbones import BackboneInfo, ModelRef, load_model, parse_model
 from ..data.images import Split, read_image
 from ..data.clips import SoundPlan
 from ..data.sources import ClipSettings, DataSource, hear, open_source
@@ -35,22 +35,14 @@ class DataChoice:
     why: str = ""  # for a fallback: why the run's data could not be used
 
 
-def _run_recipe(model_spec: str) -> Path | None:
-    """The recipe.yaml that goes with MODEL: inside a run folder, or beside a backbone.safetensors
-    file that still sits in its run folder; None for random: models."""
-    if model_spec.startswith("random:"):
-        return None
-    path = Path(model_spec)
-    return path / "recipe.yaml" if path.is_dir() else path.with_name("recipe.yaml")
-
-
-def _run_data_section(model_spec: str) -> tuple[dict, str]:
-    """The `data` section of MODEL's recipe.yaml, or ({}, why there is none)."""
-    recipe = _run_recipe(model_spec)
-    if recipe is None:
-        return {}, f"'{model_spec}' was trained on no data"
+def _run_data_section(ref: ModelRef) -> tuple[dict, str]:
+    """The `data` section of the recipe.yaml that goes with MODEL (inside a run folder, or beside
+    a backbone.safetensors file that still sits in its run folder), or ({}, why there is none)."""
+    if ref.run_folder is None:
+        return {}, f"'{ref}' was trained on no data"
+    recipe = ref.run_folder / "recipe.yaml"
     if not recipe.is_file():
-        return {}, f"there is no recipe.yaml beside '{model_spec}'"
+        return {}, f"there is no recipe.yaml beside '{ref}'"
     import yaml
 
     try:
@@ -62,10 +54,10 @@ def _run_data_section(model_spec: str) -> tuple[dict, str]:
     return section, ""
 
 
-def choose_data(model_spec: str, data: str | None, root: str | None = None) -> DataChoice:
+def choose_data(model: str | ModelRef, data: str | None, root: str | None = None) -> DataChoice:
     """`--data` as given, else the data a run was trained on, else synthetic:shapes; `--data-root`
     as given, else the run's own data.root."""
-    section, why = _run_data_section(model_spec)
+    section, why = _run_data_section(parse_model(model))
     run_root = section.get("root") if isinstance(section.get("root"), str) else None
     root = root or run_root
     if data:
@@ -111,7 +103,7 @@ def _clip_settings(section: dict, frames: int | None) -> tuple[ClipSettings, int
     return ClipSettings(fps=number("fps", 8.0), max_seconds=number("max_clip_seconds", 30.0)), frames, kind
 
 
-def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, need_labels: bool = True,
+def open_model_and_data(model_spec: str | ModelRef, data: DataChoice | str, purpose: str, need_labels: bool = True,
                         frames: int | None = None, tower: str = "vision") -> tuple[torch.nn.Module, BackboneInfo, DataSource]:
     """The model and data for an evaluation; images at the size the model was trained at, clips
     as `frames` evenly spaced frames each. `tower="audio"`: an audio-visual run's audio tower
@@ -120,12 +112,11 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
     if tower not in ("vision", "audio"):
         raise UserError(f"--tower '{tower}' is unknown; use vision or audio")
     size = "auto"
-    if model_spec.startswith("random:"):  # refuse a bad name before the data is read
+    model_spec = parse_model(model_spec)
+    if model_spec.is_random:  # refuse a bad name before the data is read
         from ..backbones import check_backbone_name
 
-        if not model_spec[len("random:"):]:
-            raise UserError("'random:' needs a timm model name, e.g. random:resnet18")
-        check_backbone_name(model_spec[len("random:"):])
+        check_backbone_name(model_spec.random_name)
     else:
         model, info = load_model(model_spec, tower=tower)
         size = info.input_size
@@ -142,7 +133,7 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
                      **({"max_bad_fraction": float(bad)} if isinstance(bad, (int, float)) else {}))
     ds.train = ds.train.for_eval(frames)
     ds.val = ds.val.for_eval(frames) if ds.val is not None else None
-    if model_spec.startswith("random:"):
+    if model_spec.is_random:
         model, info = load_model(model_spec, ds.image_size, tower)
         if tower == "audio":
             info = replace(info, front_end=FrontEnd().to_dict())
@@ -158,7 +149,7 @@ def open_model_and_data(model_spec: str, data: DataChoice | str, purpose: str, n
     return model, info, ds
 
 
-def _vision_size(model_spec: str) -> int | str:
+def _vision_size(model_spec: ModelRef) -> int | str:
     """The frame size of the run an audio tower comes from (its vision backbone's), else auto."""
     from ..backbones import read_info
 
@@ -183,11 +174,12 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
-def run_knn(model_spec: str, data: DataChoice | str, *, k: str | int = 20, temperature: float = 0.07,
+def run_knn(model_spec: str | ModelRef, data: DataChoice | str, *, k: str | int = 20, temperature: float = 0.07,
             layer: str = "last", batch_size: int = 256, device: str = "auto", frames: int | None = None,
             warn=None, tower: str = "vision") -> dict:
     """Weighted kNN from train to val; several k values share one feature pass. A k larger than
     the training split is capped at its size, with one warning, and reported as used."""
+    model_spec = parse_model(model_spec)
     started = time.time()
     choice = _as_choice(data)
     asked = parse_ks(str(k))
@@ -215,7 +207,7 @@ def run_knn(model_spec: str, data: DataChoice | str, *, k: str | int = 20, tempe
                       "top5": round(acc[5], 6)})
     result = {
         **sweep[0], "temperature": temperature, "layer": layer, "n_train": n_train, "n_val": len(val_f),
-        "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "feature_dim": int(train_f.shape[1]),
+        "model": str(model_spec), **data_fields(choice), "backbone": info.timm_name, "feature_dim": int(train_f.shape[1]),
         "tower": tower, "seconds": round(time.time() - started, 2),
     }
     if len(asked) > 1:
@@ -230,10 +222,11 @@ def _features(model, split, device, batch_size, layers, front_end=None):
     return next(iter(feats.values())), labels
 
 
-def run_probe(model_spec: str, data: DataChoice | str, *, layers: str = "last", epochs: int = 100, lr: float = 1e-3,
+def run_probe(model_spec: str | ModelRef, data: DataChoice | str, *, layers: str = "last", epochs: int = 100, lr: float = 1e-3,
               weight_decay: float = 1e-4, batch_size: int = 256, device: str = "auto", seed: int = 0,
               frames: int | None = None, tower: str = "vision") -> dict:
     """Linear probes on frozen features of each chosen layer; features extracted once."""
+    model_spec = parse_model(model_spec)
     from .probe import train_linear_probe
 
     started = time.time()
@@ -253,7 +246,7 @@ def run_probe(model_spec: str, data: DataChoice | str, *, layers: str = "last", 
         rows.append({"layer": name, "dims": int(train_f[name].shape[1]),
                      **{k: round(v, 6) for k, v in acc.items()}})
     return {
-        "model": model_spec, **data_fields(choice), "backbone": info.timm_name, "tower": tower, "layers": rows,
+        "model": str(model_spec), **data_fields(choice), "backbone": info.timm_name, "tower": tower, "layers": rows,
         "epochs": epochs, "lr": lr,
         "weight_decay": weight_decay, "n_train": len(ds.train), "n_val": len(ds.val),
         "extract_seconds": round(extracted, 2), "seconds": round(time.time() - started, 2),
@@ -269,12 +262,13 @@ def classifier_accuracy(method, split, device: torch.device, batch_size: int = 2
     return {"top1": round(acc[1], 6), "top5": round(acc[5], 6)}
 
 
-def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, queries: int = 8, k: int = 8,
+def run_neighbours(model_spec: str | ModelRef, data: DataChoice | str, out: Path, *, queries: int = 8, k: int = 8,
                    query_files: list[str] | None = None, seed: int = 0, device: str = "auto", cell: int = 96,
                    frames: int | None = None, tower: str = "vision", query_tower: str | None = None) -> dict:
     """A PNG grid of each query's nearest training images; queries are random val images or files.
     With `tower="audio"` clips are compared by their sound (and shown by their middle frame); with
     `query_tower="audio"` (and the vision tower) each query's sound finds the nearest frames."""
+    model_spec = parse_model(model_spec)
     from .neighbours import draw_grid, neighbour_rows
 
     if out.suffix.lower() != ".png":
@@ -341,6 +335,6 @@ def run_neighbours(model_spec: str, data: DataChoice | str, out: Path, *, querie
         grid.save(tmp)
         os.replace(tmp, out)
     same = [tile.colour == (30, 160, 60) for row in rows for tile in row[1:]]
-    return {"out": str(out), "queries": len(rows), "k": k, "model": model_spec, **data_fields(choice),
+    return {"out": str(out), "queries": len(rows), "k": k, "model": str(model_spec), **data_fields(choice),
             "tower": tower, "query_tower": query_tower,
             "same_class_fraction": round(sum(same) / max(1, len(same)), 4), "size": list(grid.size)}
