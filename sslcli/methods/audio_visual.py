@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backbones import create_backbone
+from .. import distributed
 from ..data.augment import ViewAugment, eval_view
 from ..data.clips import SoundPlan
 from ..data.images import Batch, load_batches
@@ -105,7 +106,6 @@ def make_pairs(clips: int, frames: int, negative_share: float, hard_share: float
 class AudioVisual(Method):
     Config = AudioVisualConfig
     description = "video and sound: say whether a second of sound belongs to a frame (two towers, L3-Net / AVE-Net)"
-    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
     data_kind = "video"
 
     def __init__(self, ctx: MethodContext):
@@ -158,7 +158,12 @@ class AudioVisual(Method):
         heard_clip, heard_frame = torch.cat([rows, rows[hard]]), torch.cat([shown, far[hard]])
         frames = self.augment(images[rows, shown], gen)
         wave = augment_audio(audio[heard_clip, heard_frame].float(), gen, cfg.gain_db, cfg.time_shift, cfg.noise)
-        return frames, self.front_end(wave)
+        return frames, self.front_end(wave), 0, clips  # the frames are the batch's from item 0, of `clips`
+
+    def shard_views(self, views, n: int):
+        """This rank's frames; every sound, since each frame is scored against all of them."""
+        frames, spectrograms, _, _ = views
+        return distributed.share(frames, n), spectrograms, distributed.rank() * (n // distributed.world_size()), n
 
     def embed(self, frames: torch.Tensor, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each tower's embedding of frames (n, 3, S, S) and of spectrograms (m, 1, bins, steps)."""
@@ -177,19 +182,23 @@ class AudioVisual(Method):
         return self.fuse(*self.embed(frames, spectrograms))
 
     def training_step(self, views) -> StepOutput:
-        frames, spectrograms = views
+        """Frames `first`..`first`+n-1 of a batch of `total` (all of it in one process) against all m
+        sounds; sound i is frame i's own. Each process's share of the rows, scaled by total/n, so
+        the gradients averaged over the processes are the whole batch's."""
+        frames, spectrograms, first, total = views
         v, a = self.embed(frames, spectrograms)
         n, m = len(v), len(a)
         logits = self.fuse(v[:, None].expand(n, m, -1), a[None].expand(n, m, -1))  # every frame with every sound
+        rows = torch.arange(n, device=logits.device)
         match = torch.zeros(n, m, device=logits.device)
-        match[torch.arange(n), torch.arange(n)] = 1.0
+        match[rows, first + rows] = 1.0
         share = min(max(self.cfg.negative_share, 0.05), 0.95)
-        weight = torch.where(match.bool(), (1 - share) / n, share / (n * m - n))
-        loss = (F.binary_cross_entropy_with_logits(logits, match, reduction="none") * weight).sum()
+        weight = torch.where(match.bool(), (1 - share) / total, share / (total * m - total))
+        loss = (F.binary_cross_entropy_with_logits(logits, match, reduction="none") * weight).sum() * (total / n)
         with torch.no_grad():
             right = (logits > 0).float() == match
-            own = right.diagonal().float().mean()
-            other_clip = right[:, :n][~torch.eye(n, dtype=torch.bool, device=right.device)].float().mean()
+            own = right[rows, first + rows].float().mean()
+            other_clip = right[:, :total][~match[:, :total].bool()].float().mean()
         # match_bacc: the paper's measure, a frame with its own sound and with another clip's, weighed alike
         return loss, {"match_bacc": 0.5 * (own + other_clip), "own_acc": own, "other_clip_acc": other_clip}
 
