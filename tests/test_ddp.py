@@ -19,13 +19,14 @@ from sslcli.data.images import Batch
 pytestmark = pytest.mark.slow
 
 EXACT = ["simclr", "moco", "swav", "barlow-twins", "vicreg", "byol", "rotation", "jigsaw", "relative-position", "multitask",
-         "audio-visual"]
+         "audio-visual", "shuffle-and-learn"]
 SMALL = {"simclr": {}, "moco": {"queue_size": 64}, "swav": {"prototypes": 16, "small_crops": 2, "queue_size": 0},
          "barlow-twins": {"proj_hidden_dim": 64, "proj_dim": 64}, "vicreg": {"proj_hidden_dim": 64, "proj_dim": 64},
          "byol": {"proj_hidden_dim": 64}, "rotation": {}, "jigsaw": {"num_permutations": 10}, "pirl": {"negatives": 16},
          "relative-position": {}, "multitask": {"mode": "mix", "tasks": [{"name": "rotation"}, {"name": "relative-position"}]},
          "audio-visual": {"hop": 320, "n_mels": 32, "seconds": 0.25, "audio_backbone": "test_resnet",
-                          "hard_negative_share": 0.5, "hard_negative_gap": 0.2}}
+                          "hard_negative_share": 0.5, "hard_negative_gap": 0.2},
+         "shuffle-and-learn": {"window": 5, "head_hidden_dim": 64}}
 BATCH = 8  # the global batch
 
 
@@ -40,9 +41,11 @@ def _freeze_norms(method: torch.nn.Module) -> torch.nn.Module:
 
 def _views(name: str, method, step: int = 0):
     gen = torch.Generator().manual_seed(100 + step)
-    if method.data_kind == "video":  # clips of 4 frames, with the sound around each frame
-        clips = torch.randint(0, 256, (BATCH, 4, 3, 32, 32), generator=gen, dtype=torch.uint8)
-        audio = torch.randn(BATCH, 4, type(method).sound_plan(method.recipe).samples, generator=gen)
+    if method.data_kind == "video":  # clips of 6 frames, with the sound around each frame
+        clips = torch.randint(0, 256, (BATCH, 6, 3, 32, 32), generator=gen, dtype=torch.uint8)
+        clips[:3] = clips[:3, :1]  # three still clips: rank 0's share gives fewer tuples than rank 1's
+        plan = type(method).sound_plan(method.recipe)
+        audio = torch.randn(BATCH, 6, plan.samples, generator=gen) if plan else None
         return method.batch_views(Batch.of(clips, audio=audio), gen)
     images = torch.randint(0, 256, (BATCH, 3, 32, 32), generator=gen, dtype=torch.uint8)
     return method.batch_views(Batch.of(images, indices=torch.arange(BATCH) + step * BATCH), gen)

@@ -74,9 +74,9 @@ def test_the_three_frames_of_a_tuple_share_one_augmentation():
     method = build(share=0.5, crop_scale=[0.3, 0.6], flip=0.5, color_jitter=0.0, grayscale=0.0)
     base = torch.randint(0, 150, (64, 1, 3, 16, 16), dtype=torch.uint8)
     clips = base + (torch.arange(16, dtype=torch.uint8) * 6).view(1, 16, 1, 1, 1)  # same picture, brighter each frame
-    views, labels, count = method.make_views(Batch.of(clips), torch.Generator().manual_seed(3))
+    views, labels, rows, tuples, count = method.make_views(Batch.of(clips), torch.Generator().manual_seed(3))
     views = views.view(-1, 3, 3, 16, 16)
-    assert count == 64 and len(views) == len(labels) == 64
+    assert count == tuples == 64 and len(views) == len(labels) == 64 and rows.tolist() == list(range(64))
     # the same crop and flip of the same picture: the three views differ by a constant only
     for k in (1, 2):
         diff = views[:, k] - views[:, 0]
@@ -95,7 +95,7 @@ def test_the_loss_weighs_both_answers_alike():
     method.eval()
     views = method.make_views(Batch.of(indexed_clips(64, side=16)), torch.Generator().manual_seed(4))
     loss, metrics = method.training_step(views)
-    frames, labels, _ = views
+    frames, labels = views[:2]
     with torch.no_grad():
         logits = method.logits(frames)
     p = torch.sigmoid(logits)

@@ -44,7 +44,8 @@ class Method(nn.Module):
     data_kind: ClassVar[str] = "images"  # images (clips are read as frames) or video (clips only)
     two_views: ClassVar[bool] = False  # makes two views of an item (time-contrastive views may come from clips)
     uses_labels: ClassVar[bool] = False
-    multi_process: ClassVar[bool] = True  # under torchrun, shard_views gives each rank its exact share
+    # under torchrun, shard_views gives each rank its exact share; a plugin that cannot sets False (refused there)
+    multi_process: ClassVar[bool] = True
 
     def __init__(self, ctx: MethodContext):
         super().__init__()

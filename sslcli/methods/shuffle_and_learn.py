@@ -18,12 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data.augment import ViewAugment, eval_view, to_float
 from ..data.images import Batch, load_batches
 from ..errors import UserError
 from ..recipe import MethodConfig, option
 from ..registry import register_method
-from ._metrics import balanced_accuracy
+from ._metrics import accuracies, answer_counts, balanced_accuracy
 from .base import Method, MethodContext, StepOutput
 
 SCAN_CLIPS = 64  # training clips looked at before training for a window of motion
@@ -89,7 +90,6 @@ class ShuffleAndLearnConfig(MethodConfig):
 class ShuffleAndLearn(Method):
     Config = ShuffleAndLearnConfig
     description = "video pretext: say whether three frames of a clip are in temporal order (motion-sampled tuples)"
-    multi_process = False  # its views' layout is not shared out over torchrun ranks yet
     data_kind = "video"
 
     def __init__(self, ctx: MethodContext):
@@ -129,16 +129,25 @@ class ShuffleAndLearn(Method):
                 f"lower the threshold or give clips in which something moves")
 
     def make_views(self, batch: Batch, gen: torch.Generator):
+        """(3t frames, t labels, the clip of each tuple, t, n clips): t tuples from the n clips that moved."""
         images = batch.images
-        _, frames, order = self.tuples(images, gen)
+        rows, frames, order = self.tuples(images, gen)
         if not len(order):  # no clip of this batch moved
-            return images.new_zeros((0, 3, self.crop_size, self.crop_size), dtype=torch.float), order, images.shape[0]
+            empty = images.new_zeros((0, 3, self.crop_size, self.crop_size), dtype=torch.float)
+            return empty, order, rows, 0, images.shape[0]
         state = gen.get_state()
         views = []
         for k in range(3):  # one augmentation for the three frames: the same draws from the same state
             gen.set_state(state)
             views.append(self.augment(frames[:, k], gen))
-        return torch.stack(views, 1).flatten(0, 1), order, images.shape[0]
+        return torch.stack(views, 1).flatten(0, 1), order, rows, len(order), images.shape[0]
+
+    def shard_views(self, views, n: int):
+        """The tuples of this rank's clips (a share may hold more or fewer tuples than another's)."""
+        frames, order, rows, total, clips = views
+        part, r = n // distributed.world_size(), distributed.rank()
+        mine = (rows >= r * part) & (rows < (r + 1) * part)
+        return frames.view(-1, 3, *frames.shape[1:])[mine].flatten(0, 1), order[mine], rows[mine], total, clips
 
     def logits(self, frames: torch.Tensor) -> torch.Tensor:
         """(3n, C, S, S) frames, three per tuple -> (n,) in-order scores."""
@@ -149,18 +158,24 @@ class ShuffleAndLearn(Method):
         return self.head(f.flatten(1)).squeeze(1)
 
     def training_step(self, views) -> StepOutput:
-        frames, order, clips = views
-        if not len(order):  # no clip of this batch moved: nothing to learn, nothing to log
+        """The mean loss over the batch's `total` tuples, of which this process holds its clips' (all
+        of them in one process); scaled so the gradients averaged over processes are the batch's,
+        with the accuracies counted over every process's tuples."""
+        frames, order, _, total, clips = views
+        if not total:  # no clip of this batch moved: nothing to learn, nothing to log
             zero = sum(p.sum() for p in self.head.parameters()) * 0.0
             return zero, {"tuples_share": torch.zeros(())}
-        logits = self.logits(frames)
+        logits = self.logits(frames) if len(order) else frames.new_zeros(0)
         # both answers weigh the same in the loss, so always saying "shuffled" (75% right) is no minimum
         share = min(max(self.cfg.negative_share, 0.05), 0.95)
-        loss = F.binary_cross_entropy_with_logits(logits, order, pos_weight=torch.tensor(share / (1 - share)))
+        summed = F.binary_cross_entropy_with_logits(logits, order, pos_weight=torch.tensor(share / (1 - share)),
+                                                    reduction="sum")
+        if not len(order):  # this process's clips gave no tuple: the head still takes part, with zero
+            summed = summed + sum(p.sum() for p in self.head.parameters()) * 0.0
+        loss = summed * (distributed.world_size() / total)
         with torch.no_grad():
-            acc = ((logits > 0).float() == order).float().mean()
-            metrics = {"order_acc": acc, "order_bacc": balanced_accuracy(logits, order),
-                       "tuples_share": torch.tensor(len(order) / clips)}
+            acc, bacc = accuracies(distributed.all_reduce_sum(answer_counts(logits, order)))
+            metrics = {"order_acc": acc, "order_bacc": bacc, "tuples_share": torch.tensor(total / clips)}
         return loss, metrics
 
     # -- the fixed val tuples
