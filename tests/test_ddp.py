@@ -19,14 +19,14 @@ from sslcli.data.images import Batch
 pytestmark = pytest.mark.slow
 
 EXACT = ["simclr", "moco", "swav", "barlow-twins", "vicreg", "byol", "rotation", "jigsaw", "relative-position", "multitask",
-         "audio-visual", "shuffle-and-learn"]
+         "audio-visual", "shuffle-and-learn", "pirl", "colorization", "inpainting"]
 SMALL = {"simclr": {}, "moco": {"queue_size": 64}, "swav": {"prototypes": 16, "small_crops": 2, "queue_size": 0},
          "barlow-twins": {"proj_hidden_dim": 64, "proj_dim": 64}, "vicreg": {"proj_hidden_dim": 64, "proj_dim": 64},
          "byol": {"proj_hidden_dim": 64}, "rotation": {}, "jigsaw": {"num_permutations": 10}, "pirl": {"negatives": 16},
          "relative-position": {}, "multitask": {"mode": "mix", "tasks": [{"name": "rotation"}, {"name": "relative-position"}]},
          "audio-visual": {"hop": 320, "n_mels": 32, "seconds": 0.25, "audio_backbone": "test_resnet",
                           "hard_negative_share": 0.5, "hard_negative_gap": 0.2},
-         "shuffle-and-learn": {"window": 5, "head_hidden_dim": 64}}
+         "shuffle-and-learn": {"window": 5, "head_hidden_dim": 64}, "colorization": {}, "inpainting": {}}
 BATCH = 8  # the global batch
 
 
@@ -36,6 +36,13 @@ def _freeze_norms(method: torch.nn.Module) -> torch.nn.Module:
     for m in method.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
+    return method
+
+
+def _method(name: str):
+    method = _freeze_norms(build(name, **SMALL[name]))
+    if name == "pirl":
+        method.setup(range(BATCH))  # its bank: one entry per training image
     return method
 
 
@@ -98,7 +105,7 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
     try:
         for name in EXACT:
             torch.manual_seed(0)
-            results[name] = _step(name, _freeze_norms(build(name, **SMALL[name])))
+            results[name] = _step(name, _method(name))
         for name in STATE:
             results[f"{name}-state"] = _state_after_steps(name, 3)
     finally:
@@ -118,7 +125,7 @@ def two_ranks(tmp_path_factory):
 @pytest.mark.parametrize("name", EXACT)
 def test_a_step_on_two_ranks_equals_one_process_at_twice_the_batch(two_ranks, name):
     torch.manual_seed(0)
-    one_loss, one_grads = _step(name, _freeze_norms(build(name, **SMALL[name])))
+    one_loss, one_grads = _step(name, _method(name))
     for loss, grads in (r[name] for r in two_ranks):
         assert abs(loss - one_loss) <= 1e-5 * max(1.0, abs(one_loss)), (loss, one_loss)
         assert grads.keys() == one_grads.keys() and grads
