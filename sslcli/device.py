@@ -63,3 +63,34 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _guarded(base: type) -> type:
+    """`base` (a Conv2d class) whose forward leaves CPU bf16 autocast for an input map 1 px high or wide."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and min(x.shape[-2:]) <= 1 and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return base.forward(self, x.float())
+        return base.forward(self, x)
+
+    return type(f"SmallMapGuarded{base.__name__}", (base,), {"forward": forward, "__module__": __name__})
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def guard_small_maps(model: torch.nn.Module) -> int:
+    """Make every strided convolution wider than 1x1 in `model` run in fp32 when its input map is
+    1 px high or wide under CPU bf16 autocast, and return how many it found: oneDNN's bf16 weight
+    gradient for that one case is garbage (often non-finite), while every larger map is right to
+    bf16 rounding. Only the module's class changes: weights, state_dict and copies stay as they are."""
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Conv2d) or type(module) in _GUARDED.values():
+            continue
+        if max(module.stride) > 1 and max(module.kernel_size) > 1:
+            cls = type(module)
+            module.__class__ = _GUARDED.setdefault(cls, _guarded(cls))
+            count += 1
+    return count

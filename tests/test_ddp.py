@@ -180,7 +180,7 @@ def _layout(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != ".sslcli.lock")
 
 
-def test_torchrun_writes_the_run_folder_of_one_process_and_knn_reads_it(tmp_path, cli):
+def test_torchrun_writes_the_run_folder_of_one_process_and_knn_and_finetune_read_it(tmp_path, cli):
     r = _torchrun("pretrain", *TINY_RUN, "--out", str(tmp_path / "d"), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)  # rank 0 alone prints the result
@@ -196,10 +196,7 @@ def test_torchrun_writes_the_run_folder_of_one_process_and_knn_reads_it(tmp_path
     assert shared.returncode == 0, shared.stderr[-3000:]
     same = ("top1", "top5", "n_train", "n_val", "k")
     assert {k: json.loads(shared.stdout)[k] for k in same} == {k: knn.json[k] for k in same}
-
-
-def test_torchrun_finetunes_into_one_run_folder(tmp_path, cli):
-    assert cli("pretrain", *TINY_RUN, "--epochs", "1", "--out", tmp_path / "d").code == 0
+    # finetune trains on both processes into one run folder
     r = _torchrun("finetune", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "ft"),
                   "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

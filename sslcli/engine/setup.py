@@ -6,14 +6,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from ..backbones import BackboneInfo, create_backbone, load_weights_into
 from ..data.images import balanced_fraction
 from ..data.sources import ClipSettings, DataSource, hear, open_source
-from ..device import autocast
+from ..device import autocast, guard_small_maps
 from ..errors import UserError, last_line, plugin_fault, plugin_guard
 from ..methods.base import Method, MethodContext
 from ..recipe import Recipe
@@ -51,8 +51,10 @@ def open_data(recipe: Recipe, warn: Callable[[str], None]) -> DataSource:
     return ds
 
 
-def build_method(recipe: Recipe, ds: DataSource, device: torch.device) -> tuple[Method, BackboneInfo]:
-    """The method with its backbone (from `backbone.weights` when given), seeded, on `device`."""
+def build_method(recipe: Recipe, ds: DataSource, device: torch.device,
+                 dtype: Optional[torch.dtype] = None) -> tuple[Method, BackboneInfo]:
+    """The method with its backbone (from `backbone.weights` when given), seeded, on `device`,
+    guarded for the autocast `dtype` it will train in."""
     r = recipe
     torch.manual_seed(r.train.seed)
     backbone, info = create_backbone(r.backbone.name, r.backbone.small_input, ds.image_size, r.backbone.zero_init_last)
@@ -69,6 +71,8 @@ def build_method(recipe: Recipe, ds: DataSource, device: torch.device) -> tuple[
                             "set train.sync_batchnorm=false on the CPU")
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # momentum copies included
     method = method.to(device)
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        guard_small_maps(method)
     if r.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     return method, info

@@ -80,7 +80,7 @@ class Trainer:
             self.resume_state = self._read_resume()
         check_backbone_name(self.recipe.backbone.name)
         ds = open_data(self.recipe, self._warn)
-        self.method, self.info = build_method(self.recipe, ds, self.device)
+        self.method, self.info = build_method(self.recipe, ds, self.device, self.dtype)
         with plugin_guard(self.recipe.method.name, "setup on the training data"):
             self.method.setup(ds.train)
         dry_step(self.recipe, self.method, ds, self.device, self.dtype)
