@@ -32,18 +32,18 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def autocast_dtype(precision: str, device: torch.device, training: bool = False) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for a precision setting, or None for full fp32.
 
-    `auto` trains in fp32 on the CPU: bf16 autocast gained at most 5% there (measured), and its
-    backward of a strided 3x3 convolution on a 1x1 map returns garbage weight gradients in about
-    one call in four (torch 2.15), which small tiles and patches reach. Inference uses bf16."""
+    `auto` is bf16 on a CPU with bf16 instructions (training included: the one convolution case
+    its oneDNN kernels get wrong is guarded, see `guard_small_maps`), fp32 on one without, and bf16
+    or else fp16 on CUDA."""
     if precision == "fp32":
         return None
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() and not training else None
+        return torch.bfloat16 if cpu_supports_bf16() else None
     if precision == "fp16" and device.type == "cpu":
         raise UserError("train.precision fp16 needs a CUDA GPU; use bf16, fp32 or auto on the CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16

@@ -137,7 +137,7 @@ class TrainConfig:
     epochs: int = option(30, "passes over the training data", min=1, max=100_000)
     batch_size: int = option(128, "images per step", min=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", "auto: fp32 on the CPU, bf16 (or fp16 AMP) on CUDA"
+        "auto", "auto: bf16 on a CPU with bf16 instructions (else fp32), bf16 (or fp16 AMP) on CUDA"
     )
     seed: int = option(0, "seed for weights, data order and augmentation")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available")

@@ -180,7 +180,7 @@ def _layout(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != ".sslcli.lock")
 
 
-def test_torchrun_writes_the_run_folder_of_one_process_and_knn_and_finetune_read_it(tmp_path, cli):
+def test_torchrun_writes_the_run_folder_of_one_process_and_knn_reads_it_on_two(tmp_path, cli):
     r = _torchrun("pretrain", *TINY_RUN, "--out", str(tmp_path / "d"), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)  # rank 0 alone prints the result
@@ -196,13 +196,6 @@ def test_torchrun_writes_the_run_folder_of_one_process_and_knn_and_finetune_read
     assert shared.returncode == 0, shared.stderr[-3000:]
     same = ("top1", "top5", "n_train", "n_val", "k")
     assert {k: json.loads(shared.stdout)[k] for k in same} == {k: knn.json[k] for k in same}
-    # finetune trains on both processes into one run folder
-    r = _torchrun("finetune", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "ft"),
-                  "--json", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(r.stdout)  # one object: rank 0 speaks for both
-    assert json.loads((tmp_path / "ft" / "eval.json").read_text()) == result and 0 <= result["top1"] <= 1
-    assert torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["world_size"] == 2
 
 
 def test_torchrun_refuses_a_batch_that_does_not_split_in_one_line(tmp_path):

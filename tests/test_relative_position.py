@@ -100,9 +100,8 @@ def test_auto_geometry_values():
     assert resolve_geometry("auto", "auto", "auto", 64) == (17, 4, 2)
 
 
-# With the standard stem, patches of 9 to 16 px reach ResNet's last stride-2 convolution as 1x1
-# maps, where CPU bf16 autocast (torch 2.x, oneDNN) sometimes returns garbage weight gradients;
-# so the smoke and learning runs pin fp32 (what precision auto picks on the CPU anyway).
+# The smoke and learning runs keep the fp32 they were calibrated in. (Patches of 9 to 16 px reach
+# ResNet's last stride-2 convolution as 1x1 maps, where bf16 on the CPU is guarded: test_precision.)
 FP32 = ["--set", "train.precision=fp32"]
 
 

@@ -53,7 +53,7 @@ class Trainer:
         self.out = out
         self.console = console or Console(stderr=True)
         self.device = select_device(recipe.train.device)
-        self.dtype = autocast_dtype(recipe.train.precision, self.device, training=True)
+        self.dtype = autocast_dtype(recipe.train.precision, self.device)
         self._stop_signal: Optional[int] = None
         self.data: Optional[DataSource] = None
         self.method: Optional[Method] = None
