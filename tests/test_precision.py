@@ -47,7 +47,10 @@ def test_guarded_bf16_gradients_are_finite_and_close_to_fp32_where_unguarded_one
     assert _worst_error(guard=True) < 0.02  # bf16 rounding, no more
     unguarded = _worst_error(guard=False)
     if unguarded < 0.02:
-        pytest.skip(f"this torch computes the unguarded case right (error {unguarded:.3g}): the guard may go")
+        # seen in the full suite: alone the unguarded case is non-finite every time, after other tests
+        # it can come out right, so the fault depends on the process's state
+        pytest.skip(f"the unguarded case came out right in these draws (error {unguarded:.3g}); the guarded one "
+                    f"was checked")
     assert unguarded > 1.0  # garbage, not rounding
 
 
