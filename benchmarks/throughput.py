@@ -32,11 +32,11 @@ def peak_rss_mb() -> float:
 
 
 def view_tensors(views) -> list:
-    """The 4-D float tensors among a method's views (what its backbone sees)."""
+    """The float image tensors among a method's views (what its backbone sees), as (N, C, H, W)."""
     import torch
 
     if isinstance(views, torch.Tensor):
-        return [views] if views.ndim == 4 and views.is_floating_point() else []
+        return [views.flatten(0, views.ndim - 4)] if views.ndim >= 4 and views.is_floating_point() else []
     if isinstance(views, (list, tuple)):
         return [t for v in views for t in view_tensors(v)]
     if isinstance(views, dict):
@@ -104,6 +104,8 @@ def main() -> None:
 
         views = channels_last(views)
     shapes = [tuple(v.shape) for v in view_tensors(views)]
+    if not shapes:
+        raise SystemExit(f"found no image tensor among the views of '{recipe.method.name}' to measure the floor on")
     inputs = [torch.randn(s, device=device).contiguous(
         memory_format=torch.channels_last if t.channels_last else torch.contiguous_format) for s in shapes]
     backbone = method.backbone
