@@ -6,7 +6,9 @@
   shapes, precision and memory format: what the step could reach if everything around the
   backbone were free;
 - `data`: the data path alone (read, decode, augment into views; no model);
-- `startup`: seconds from this script's start to the end of the first training step.
+- `startup`: seconds from this script's start to the end of the first training step;
+- with `--peer-python PATH` (SimCLR only): the same measurement with the lightly library, run by
+  another environment's Python (`benchmarks/peer_lightly.py`), and the side-by-side ratio.
 
     python benchmarks/throughput.py --recipe simclr-tiny-imagenet --data ../shared/data/tiny-imagenet-10 \
         --set augment.crop_size=64 --set train.batch_size=128
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="recipe overrides, as `sslcli pretrain --set`")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--peer-python", help="a Python with the lightly library installed, for the side-by-side")
+    parser.add_argument("--peer-workers", type=int, default=2, help="DataLoader workers of the peer run")
     args = parser.parse_args()
 
     import torch
@@ -136,6 +140,32 @@ def main() -> None:
                       "step_s": round(floor_s, 4)}), flush=True)
     print(json.dumps({"what": "data", **setting, "images_per_s": round(images / data_s, 1),
                       "step_s": round(data_s, 4), "share_of_step": round(data_s / step_s, 3)}), flush=True)
+    if args.peer_python:
+        del trainer, method, batches, data_batches  # free the memory and loader before the peer runs
+        peer(args, setting, images / step_s)
+
+
+def peer(args, setting: dict, ours_per_s: float) -> None:
+    """Run `peer_lightly.py` with the peer's Python on the same data and settings; print its line
+    and the side-by-side ratio (source images per second = pairs per second for SimCLR)."""
+    import subprocess
+    import sys
+
+    if setting["method"] != "simclr":
+        raise SystemExit("--peer-python compares SimCLR only")
+    folder = Path(args.data) / "train" if (Path(args.data) / "train").is_dir() else Path(args.data)
+    cmd = [args.peer_python, str(Path(__file__).with_name("peer_lightly.py")), "--data", str(folder),
+           "--size", str(setting["view_size"]), "--batch-size", str(setting["batch_size"]),
+           "--workers", str(args.peer_workers), "--precision", "bf16" if setting["precision"] == "bfloat16" else "fp32",
+           "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f"the peer run failed with exit code {done.returncode}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    print(json.dumps({"what": "side_by_side", "recipe": setting["recipe"], "precision": setting["precision"],
+                      "ours_pairs_per_s": round(ours_per_s, 1), "peer_pairs_per_s": result["pairs_per_s"],
+                      "ratio": round(ours_per_s / result["pairs_per_s"], 2)}), flush=True)
 
 
 def _device_batch(batch, method, device):
