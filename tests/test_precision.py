@@ -43,14 +43,24 @@ def _worst_error(guard: bool, trials: int = 12) -> float:
 
 
 @needs_bf16
-def test_guarded_bf16_gradients_are_finite_and_close_to_fp32_where_unguarded_ones_are_not():
+def test_guarded_bf16_gradients_are_finite_and_close_to_fp32():
     assert _worst_error(guard=True) < 0.02  # bf16 rounding, no more
-    unguarded = _worst_error(guard=False)
+
+
+@needs_bf16
+def test_unguarded_bf16_gradients_are_garbage_in_a_fresh_process():
+    """What the guard is for. In a fresh process the unguarded gradient is non-finite; after other
+    tests in the same process it can come out merely wrong, or right, so it is measured apart."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "from test_precision import _worst_error; print(_worst_error(guard=False, trials=24))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    unguarded = float(done.stdout.split()[-1])
     if unguarded < 0.02:
-        # seen in the full suite: alone the unguarded case is non-finite every time, after other tests
-        # it can come out right, so the fault depends on the process's state
-        pytest.skip(f"the unguarded case came out right in these draws (error {unguarded:.3g}); the guarded one "
-                    f"was checked")
+        pytest.skip(f"this torch computes the unguarded case right (error {unguarded:.3g}): the guard may go")
     assert unguarded > 1.0  # garbage, not rounding
 
 
