@@ -141,7 +141,6 @@ def main() -> None:
     print(json.dumps({"what": "data", **setting, "images_per_s": round(images / data_s, 1),
                       "step_s": round(data_s, 4), "share_of_step": round(data_s / step_s, 3)}), flush=True)
     if args.peer_python:
-        del trainer, method, batches, data_batches  # free the memory and loader before the peer runs
         peer(args, setting, images / step_s)
 
 

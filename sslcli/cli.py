@@ -240,10 +240,10 @@ def probe(
     with joined(device):  # under torchrun the ranks share the feature extraction
         result = run_probe(model, choice, layers=layers, epochs=epochs, lr=lr, weight_decay=weight_decay,
                            batch_size=batch_size, device=device, frames=frames, tower=tower)
-    if plot is not None and is_main():
-        from .plots import plot_probe
+        if plot is not None and is_main():  # asked inside the group: outside it every process is "rank 0"
+            from .plots import plot_probe
 
-        result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {choice.source}"))
+            result["plot"] = str(plot_probe(result["layers"], plot, f"linear probe: {model} on {choice.source}"))
     if not as_json:
         rows = result["layers"]
         _table(f"linear probe  {model} on {choice.source}  ({result['n_train']} train, {result['n_val']} val, "
