@@ -77,6 +77,37 @@ def test_load_image_resizes_shorter_side_and_centre_crops(tmp_path):
     assert out.float().mean() > 200  # the crop is the white centre
 
 
+def _pil_decode(path, size):
+    """The decode every JPEG had before simplejpeg: PIL, draft mode, then `square`."""
+    from sslcli.data.images import square
+
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))
+        return square(img.convert("RGB"), size)
+
+
+@pytest.mark.parametrize("side, size", [(64, 64), (48, 64), (100, 32), (512, 64)])
+def test_jpeg_decodes_to_the_pixels_pil_gives(tmp_path, side, size):
+    # full scale, and 1/2 and 1/8 scale where PIL's draft mode would shrink the decode
+    rng = np.random.default_rng(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                                             size=(side, side + 10), mode="bilinear")
+    pixels = (smooth[0].permute(1, 2, 0).numpy() * 200 + rng.integers(0, 40, (side, side + 10, 3))).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.jpg", quality=90)
+    ours, pil = load_image(tmp_path / "a.jpg", size), _pil_decode(tmp_path / "a.jpg", size)
+    assert ours.shape == (3, size, size)
+    assert torch.equal(ours, pil)
+
+
+def test_grey_and_cmyk_jpegs_decode_to_rgb(tmp_path):
+    Image.new("L", (40, 40), 120).save(tmp_path / "grey.jpg")
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    grey, cmyk = load_image(tmp_path / "grey.jpg", 32), load_image(tmp_path / "cmyk.jpg", 32)
+    assert grey.shape == cmyk.shape == (3, 32, 32)
+    assert (grey.int() - 120).abs().max() <= 2
+    assert (cmyk.int() - _pil_decode(tmp_path / "cmyk.jpg", 32).int()).abs().max() <= 2  # red, +-1 by decoder
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing", "does not exist"),
     (lambda p: p, "holds no images"),

@@ -8,6 +8,7 @@ can run on the training device. Splits small enough are decoded once into memory
 
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ DECODE_SAMPLE = 16  # files decoded up front from a split too large to cache
 def square(image, size: int) -> torch.Tensor:
     """A PIL image or an HxWx3 uint8 array with its shorter side resized to `size` (bilinear) and
     centre-cropped: a 3 x size x size uint8 tensor."""
+    if isinstance(image, np.ndarray) and image.shape[:2] == (size, size):
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
     img = Image.fromarray(image) if isinstance(image, np.ndarray) else image.convert("RGB")
     w, h = img.size
     if (w, h) != (size, size):
@@ -39,9 +42,29 @@ def square(image, size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def _decode_jpeg(data: bytes, size: int) -> Optional[np.ndarray]:
+    """A JPEG's pixels (HxWx3 uint8) by libjpeg-turbo through simplejpeg, or None where it cannot
+    (PIL then decodes the file, or says why it cannot). Like PIL's draft mode, a JPEG at least
+    twice `size` on both sides decodes at 1/2, 1/4 or 1/8 scale, keeping both sides >= `size`."""
+    import simplejpeg
+
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        # PIL's choice of scale, not libjpeg-turbo's finer one (3/8, 5/8, ...): the same pixels as PIL
+        k = next(k for k in (8, 4, 2, 1) if k <= min(w // size, h // size) or k == 1)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // k), min_width=-(-w // k))
+    except ValueError:
+        return None
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
     """Decode, resize the shorter side to `size` and centre-crop: a 3 x size x size uint8 tensor."""
-    with Image.open(path) as img:
+    data = Path(path).read_bytes()
+    if data[:2] == b"\xff\xd8":  # JPEG: simplejpeg decodes it 3x faster than PIL, to the same pixels
+        pixels = _decode_jpeg(data, size)
+        if pixels is not None:
+            return square(pixels, size)
+    with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
         return square(img.convert("RGB"), size)
 
@@ -52,6 +75,18 @@ def read_image(path: Path, size: int) -> tuple[Optional[torch.Tensor], str]:
         return load_image(path, size), ""
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
         return None, first_line(exc)
+
+
+def decode_all(files: list[Path], size: int, threads: int) -> list[tuple[Optional[torch.Tensor], str]]:
+    """`read_image` for every file, in order, on `threads` threads (the decoders release the GIL);
+    each thread takes every `threads`-th file, since a task per file costs more than a small decode."""
+    shares = [files[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        done = list(pool.map(lambda share: [read_image(f, size) for f in share], shares))
+    results: list = [None] * len(files)
+    for i, share in enumerate(done):
+        results[i::threads] = share
+    return results
 
 
 class LabelledItems:
@@ -135,12 +170,10 @@ class Split(LabelledItems):
         if len(self) * 3 * self.size**2 > max_gb * 1e9:
             step = max(1, len(self) // DECODE_SAMPLE)
             sample = list(range(0, len(self), step))[:DECODE_SAMPLE]
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(lambda i: read_image(self.files[i], self.size), sample))
+            results = decode_all([self.files[i] for i in sample], self.size, threads)
             self._record_bad([self.files[i] for i in sample], results)
             return self
-        with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
-            results = list(pool.map(lambda f: read_image(f, self.size), self.files))
+        results = decode_all(self.files, self.size, threads)
         self._record_bad(self.files, results)
         keep = [i for i, (image, _) in enumerate(results) if image is not None]
         return Split(labels=self.labels[keep], images=torch.stack([results[i][0] for i in keep]), size=self.size,
