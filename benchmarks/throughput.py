@@ -3,8 +3,8 @@
 - `pretrain`: steady-state steps of the real training step (the engine's own, data loading
   included), in source images per second, warm-up excluded;
 - `floor`: the backbone alone (forward, backward, SGD) on in-memory tensors of the same views'
-  shapes, precision and memory format: what the step could reach if everything around the
-  backbone were free;
+  shapes, precision and memory format, plus the forward of a momentum encoder (MoCo, BYOL) where
+  the method has one: what the step could reach if everything around the backbones were free;
 - `data`: the data path alone (read, decode, augment into views; no model);
 - `startup`: seconds from this script's start to the end of the first training step;
 - with `--peer-python PATH` (SimCLR only): the same measurement with the lightly library, run by
@@ -44,6 +44,12 @@ def view_tensors(views) -> list:
     if isinstance(views, dict):
         return [t for v in views.values() for t in view_tensors(v)]
     return []
+
+
+def momentum_backbones(method) -> list:
+    """The method's frozen copies of its backbone (MoCo's key encoder, BYOL's target)."""
+    return [m for m in method.children() if m is not method.backbone and type(m) is type(method.backbone)
+            and not any(p.requires_grad for p in m.parameters())]
 
 
 def timed(step, warmup: int, steps: int) -> float:
@@ -114,11 +120,16 @@ def main() -> None:
         memory_format=torch.channels_last if t.channels_last else torch.contiguous_format) for s in shapes]
     backbone = method.backbone
     sgd = torch.optim.SGD(backbone.parameters(), lr=1e-3, momentum=0.9)
+    teachers = momentum_backbones(method)
 
     def floor_step():
         sgd.zero_grad(set_to_none=True)
         with autocast(device, dtype):
             loss = sum(backbone(x).float().mean() for x in inputs)
+            with torch.no_grad():  # a momentum encoder's forward over the same views is part of the method
+                for teacher in teachers:
+                    for x in inputs:
+                        teacher(x)
         loss.backward()
         sgd.step()
 
@@ -136,7 +147,8 @@ def main() -> None:
     print(json.dumps({"what": "pretrain", **setting, "images_per_s": round(images / step_s, 1),
                       "step_s": round(step_s, 4), "ratio_to_floor": round(step_s / floor_s, 3),
                       "peak_rss_mb": peak_rss_mb()}), flush=True)
-    print(json.dumps({"what": "floor", **setting, "views": shapes, "images_per_s": round(images / floor_s, 1),
+    print(json.dumps({"what": "floor", **setting, "views": shapes, "momentum_encoders": len(teachers),
+                      "images_per_s": round(images / floor_s, 1),
                       "step_s": round(floor_s, 4)}), flush=True)
     print(json.dumps({"what": "data", **setting, "images_per_s": round(images / data_s, 1),
                       "step_s": round(data_s, 4), "share_of_step": round(data_s / step_s, 3)}), flush=True)

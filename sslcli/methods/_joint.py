@@ -34,8 +34,10 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, parameter by parameter (buffers such
     as BatchNorm statistics follow the target's own forward passes, as in MoCo and BYOL)."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+    targets, onlines = list(target.parameters()), [o.detach() for o in online.parameters()]
+    # one kernel per operation over all parameters, not two per parameter
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, onlines, alpha=1 - momentum)
 
 
 def cosine_momentum(base: float, progress: float, ramp: bool = True) -> float:
