@@ -38,9 +38,18 @@ def test_same_generator_state_same_views():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_hsv_round_trip():
-    x = batch(8, 6)
-    assert torch.allclose(A._hsv_to_rgb(A._rgb_to_hsv(x)), x, atol=1e-5)
+def test_hue_shift_matches_colorsys():
+    import colorsys
+
+    x = batch(4, 5)
+    shift = torch.tensor([0.0, 0.1, -0.3, 0.5])
+    out = A._shift_hue(x, shift)
+    assert torch.allclose(out[0], x[0], atol=1e-5)  # no shift: the same colours
+    for n in range(4):
+        for i, j in ((0, 0), (2, 3), (4, 1)):
+            h, s, v = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+            expected = colorsys.hsv_to_rgb((h + float(shift[n])) % 1.0, s, v)
+            assert torch.allclose(out[n, :, i, j], torch.tensor(expected), atol=1e-5)
 
 
 def test_jitter_zero_is_identity_and_grayscale_equalises_channels():

@@ -69,7 +69,9 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each sample's hue by `shift` (fractions of a turn), keeping saturation and value:
+    RGB -> HSV -> RGB with the hue moved, without forming S and V (V = max, V * S = max - min)."""
     r, g, b = x.unbind(1)
     maxc, _ = x.max(1)
     minc, _ = x.min(1)
@@ -77,14 +79,9 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
     h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
     h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    return torch.stack([h, s, maxc], 1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
-    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    h = ((h + shift.view(-1, 1, 1)) % 1.0).unsqueeze(1) * 6
+    k = (h + torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)) % 6
+    return maxc.unsqueeze(1) - delta.unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
 def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float, p: float) -> torch.Tensor:
@@ -99,15 +96,15 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float, p: floa
     c = _uniform(n, max(0.0, 1 - s), 1 + s, gen, device).view(n, 1, 1, 1)
     sat = _uniform(n, max(0.0, 1 - s), 1 + s, gen, device).view(n, 1, 1, 1)
     hue = _uniform(n, -min(0.5, 0.2 * strength), min(0.5, 0.2 * strength), gen, device)
-    y = (x * b).clamp(0, 1)
+    chosen = torch.nonzero(apply.flatten()).flatten()  # the work is done for these samples only
+    if len(chosen) == 0:
+        return x
+    y = (x[chosen] * b[chosen]).clamp(0, 1)
     mean = grayscale(y).mean((2, 3), keepdim=True)
-    y = ((y - mean) * c + mean).clamp(0, 1)
+    y = ((y - mean) * c[chosen] + mean).clamp(0, 1)
     gray = grayscale(y)
-    y = ((y - gray) * sat + gray).clamp(0, 1)
-    hsv = _rgb_to_hsv(y)
-    hsv = torch.stack([(hsv[:, 0] + hue.view(n, 1, 1)) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
-    y = _hsv_to_rgb(hsv)
-    return torch.where(apply, y, x)
+    y = ((y - gray) * sat[chosen] + gray).clamp(0, 1)
+    return x.index_copy(0, chosen, _shift_hue(y, hue[chosen]))
 
 
 def random_grayscale(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
@@ -129,17 +126,19 @@ def gaussian_blur(x: torch.Tensor, gen: torch.Generator, p: float, sigma: tuple[
     apply = _bernoulli(n, p, gen, device)
     radius = max(1, int(hgt * 0.05))
     offsets = torch.arange(-radius, radius + 1, device=device, dtype=x.dtype)
-    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sig.view(-1, 1) ** 2))
+    chosen = torch.nonzero(apply).flatten()  # the work is done for these samples only
+    if len(chosen) == 0:
+        return x
+    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sig[chosen].view(-1, 1) ** 2))
     kernel = kernel / kernel.sum(1, keepdim=True)
-    identity = (offsets == 0).to(x.dtype).expand_as(kernel)
-    kernel = torch.where(apply.view(-1, 1), kernel, identity)
     kernel = kernel.repeat_interleave(ch, 0)  # one kernel per (sample, channel)
-    flat = x.reshape(1, n * ch, hgt, wid)
+    m = len(chosen) * ch
+    flat = x[chosen].reshape(1, m, hgt, wid)
     flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * ch, 1, 1, -1), groups=n * ch)
+    flat = F.conv2d(flat, kernel.view(m, 1, 1, -1), groups=m)
     flat = F.pad(flat, (0, 0, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * ch, 1, -1, 1), groups=n * ch)
-    return flat.view(n, ch, hgt, wid)
+    flat = F.conv2d(flat, kernel.view(m, 1, -1, 1), groups=m)
+    return x.index_copy(0, chosen, flat.view(-1, ch, hgt, wid))
 
 
 def solarize(x: torch.Tensor, gen: torch.Generator, p: float, threshold: float = 0.5) -> torch.Tensor:
