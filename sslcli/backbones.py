@@ -4,6 +4,7 @@ that `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -96,9 +97,24 @@ def _apply_small_input_stem(model: nn.Module, name: str) -> None:
     )
 
 
-def check_backbone_name(name: str) -> None:
+def import_timm():
+    """timm, imported without the W&B import its training utilities try at import time: with wandb
+    installed, that import cost every start 0.4 s, for logging code sslcli never calls (a run that
+    names wandb in train.loggers imports it itself)."""
+    if "timm" not in sys.modules and "wandb" not in sys.modules:
+        sys.modules["wandb"] = None  # makes `import wandb` raise ImportError, which timm expects
+        try:
+            import timm  # noqa: F401
+        finally:
+            if sys.modules.get("wandb", 0) is None:
+                del sys.modules["wandb"]
     import timm
 
+    return timm
+
+
+def check_backbone_name(name: str) -> None:
+    timm = import_timm()
     if not timm.is_model(name):
         raise UserError(
             f"unknown backbone '{name}'{did_you_mean(name, timm.list_models())}; "
@@ -113,7 +129,7 @@ def create_backbone(
 
     `zero_init_last=False` starts residual blocks as torchvision does (last BatchNorm weight 1);
     `in_chans=1` takes one-channel inputs such as spectrograms."""
-    import timm
+    timm = import_timm()
 
     check_backbone_name(name)
     extra = {} if zero_init_last else {"zero_init_last": False}

@@ -149,6 +149,10 @@ class TrainConfig:
     channels_last: bool = option(True, "NHWC memory format (faster convolutions on CPU and GPU)")
     sync_batchnorm: bool = option(False, "under torchrun on GPUs: every BatchNorm (backbone, heads, momentum copies) "
                                          "normalises over the global batch; needs CUDA")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = option(
+        ["jsonl"], "where metrics go besides metrics.jsonl (always written): tensorboard, wandb, mlflow (each an extra)")
+    project: str = option("sslcli", "the W&B project and the MLflow experiment a run logs to")
+    mlflow_uri: Union[str, None] = option(None, "MLflow tracking URI; null: a file store in RUN/mlruns")
 
 
 SECTIONS: dict[str, type] = {

@@ -16,7 +16,7 @@ class Recorder:
     """A logger that keeps what it is given."""
 
     def __init__(self):
-        self.starts, self.steps, self.epochs, self.closed = [], [], [], 0
+        self.starts, self.steps, self.epochs, self.closed = [], [], [], []
 
     def start(self, run):
         self.starts.append(run)
@@ -27,8 +27,8 @@ class Recorder:
     def log_epoch(self, record, warning):
         self.epochs.append((dict(record), warning))
 
-    def close(self):
-        self.closed += 1
+    def close(self, ok):
+        self.closed.append(ok)
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def recorder(monkeypatch):
     from sslcli.engine import trainer
 
     made = Recorder()
-    monkeypatch.setattr(trainer, "run_loggers", lambda out, console, main: [*loggers.run_loggers(out, console, main), made])
+    monkeypatch.setattr(trainer, "run_loggers", lambda out, console, main, recipe: [*loggers.run_loggers(out, console, main, recipe), made])
     return made
 
 
@@ -50,7 +50,7 @@ def test_a_logger_added_to_a_run_gets_every_step_and_epoch(cli, tmp_path, record
     assert [e["epoch"] for e, _ in recorder.epochs] == [r["epoch"] for r in written] == [1, 2]
     for (given, _), kept in zip(recorder.epochs, written):
         assert given["loss"] == pytest.approx(kept["loss"], abs=1e-6)  # metrics.jsonl rounds to 6 places
-    assert recorder.closed == 1 and (tmp_path / "run" / "curves.png").is_file()
+    assert recorder.closed == [True] and (tmp_path / "run" / "curves.png").is_file()
 
 
 def test_a_resumed_run_tells_its_loggers_where_it_starts(cli, tmp_path, recorder):
@@ -66,7 +66,7 @@ def test_loggers_are_closed_when_the_run_fails(cli, tmp_path, recorder):
     r = cli("pretrain", "--method", "rotation", *TINY, "--epochs", "2", "--set", "optim.lr=1e30",
             "--set", "train.precision=fp32", "--out", tmp_path / "run")
     assert r.code == 1 and ("non-finite" in r.err or "loss became" in r.err), r.err
-    assert recorder.closed == 1
+    assert recorder.closed == [False]
 
 
 def test_metrics_file_keeps_every_log_every_th_step_and_every_epoch(tmp_path):
@@ -75,7 +75,7 @@ def test_metrics_file_keeps_every_log_every_th_step_and_every_epoch(tmp_path):
     for step in range(1, 5):
         logger.log_step({"step": step, "loss": 1 / 3})
     logger.log_epoch({"epoch": 1, "step": 4, "loss": 0.25, "epoch_seconds": 1.0}, None)
-    logger.close()
+    logger.close(True)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line.get("step") for line in lines] == [2, 4, 4]
     assert lines[0]["loss"] == 0.333333 and lines[-1]["epoch"] == 1

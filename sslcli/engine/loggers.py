@@ -27,7 +27,7 @@ class Logger(Protocol):
     """Receives a run's records. A step record has step, epoch (fractional), loss, lr,
     images_per_s and the method's metrics; an epoch record has epoch, step, the epoch means,
     lr, images_per_s, epoch_seconds and the epoch metrics. `close` is called however the run
-    ends, and must not raise for a run that failed."""
+    ends (`ok` false when it failed or was interrupted), and must not raise for a run that failed."""
 
     def start(self, run: RunStart) -> None: ...
 
@@ -35,7 +35,7 @@ class Logger(Protocol):
 
     def log_epoch(self, record: dict, warning: Optional[str]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, ok: bool) -> None: ...
 
 
 class MetricsFile:
@@ -62,7 +62,7 @@ class MetricsFile:
     def log_epoch(self, record: dict, warning: Optional[str]) -> None:
         self._write(record)
 
-    def close(self) -> None:
+    def close(self, ok: bool) -> None:
         if self.file is not None:
             try:
                 self.file.close()
@@ -101,7 +101,7 @@ class ProgressBar:
         if warning:
             self.progress.console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
 
-    def close(self) -> None:
+    def close(self, ok: bool) -> None:
         if self.progress is not None:
             self.progress.stop()
 
@@ -123,7 +123,7 @@ class Curves:
     def log_epoch(self, record: dict, warning: Optional[str]) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, ok: bool) -> None:
         from ..plots import plot_curves
 
         try:
@@ -132,6 +132,15 @@ class Curves:
             self.console.print(f"[yellow]warning: curves.png not written ({exc})[/yellow]")
 
 
-def run_loggers(out: Path, console: Console, main: bool) -> list[Logger]:
-    """The loggers of a run: rank 0 writes the files; every rank has the bar (silent off rank 0)."""
-    return [MetricsFile(out), ProgressBar(console), Curves(out, console)] if main else [ProgressBar(console)]
+def run_loggers(out: Path, console: Console, main: bool, recipe=None) -> list[Logger]:
+    """The loggers of a run: rank 0 writes the files and feeds the trackers `train.loggers` names
+    (after Curves, so curves.png exists when they close); every rank has the bar (silent off rank 0)."""
+    if not main:
+        return [ProgressBar(console)]
+    loggers: list[Logger] = [MetricsFile(out), ProgressBar(console), Curves(out, console)]
+    if recipe is not None and set(recipe.train.loggers) - {"jsonl"}:
+        from .tracking import trackers
+
+        t = recipe.train
+        loggers += trackers(t.loggers, out, recipe.to_dict(), t.project, t.mlflow_uri)
+    return loggers

@@ -31,6 +31,7 @@ from .setup import build_method, check_space, dry_step, open_data
 from .order import epoch_order, iterate_batches
 from .views import channels_last, method_batch
 from .loggers import RunStart, run_loggers
+from .tracking import check_trackers
 from .records import trim_metrics, visualize, write_skipped
 
 
@@ -79,6 +80,7 @@ class Trainer:
         if resume:  # the checkpoint first: it is quicker to read than the data
             self.resume_state = self._read_resume()
         check_backbone_name(self.recipe.backbone.name)
+        check_trackers(self.recipe.train.loggers)
         ds = open_data(self.recipe, self._warn)
         self.method, self.info = build_method(self.recipe, ds, self.device, self.dtype)
         with plugin_guard(self.recipe.method.name, "setup on the training data"):
@@ -208,8 +210,9 @@ class Trainer:
                 save_weights(method, info, epoch, self.out)
             ranks.barrier()  # no rank leaves (and has the launcher stop the others) while rank 0 writes
 
-        loggers = run_loggers(self.out, self.console, main)
+        loggers = run_loggers(self.out, self.console, main, r)
         history: list[dict] = []
+        ok = False
         started = time.time()
         bad_seen = len(ds.bad or ())
         try:
@@ -273,6 +276,9 @@ class Trainer:
                         save(epoch + 1, 0)
                     if stop and epoch + 1 < r.train.epochs:
                         raise Interrupted(f"interrupted after epoch {epoch + 1}, step {global_step}; checkpoint saved")
+            if main:  # before the loggers close, so the trackers receive the picture
+                visualize(method, ds, self.device, self.out, self.console)
+            ok = True
         except OSError as exc:  # a full disk, a lost mount: the previous checkpoint is still whole
             raise TrainingError(
                 f"writing to '{exc.filename or self.out}' failed ({exc.strerror or exc}) at step {global_step}; "
@@ -280,13 +286,11 @@ class Trainer:
             ) from None
         finally:
             for logger in loggers:
-                logger.close()
+                logger.close(ok)
             with contextlib.suppress(OSError):
                 if main:
                     write_skipped(self.out, self.data.bad if self.data is not None else None)
             self.method = method
-        if main:
-            visualize(method, ds, self.device, self.out, self.console)
         return {
             "out": str(self.out),
             "method": r.method.name,
