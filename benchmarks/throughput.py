@@ -78,7 +78,8 @@ def main() -> None:
 
     from sslcli.device import autocast
     from sslcli.engine import Trainer, build_optimizer, epoch_order, iterate_batches
-    from sslcli.recipe import apply_overrides, find_recipe, parse_set, read_yaml, resolve_recipe
+    from sslcli.catalog import find_recipe
+    from sslcli.recipe import apply_overrides, parse_set, read_yaml, resolve_recipe
     from sslcli.registry import get_method
 
     raw = apply_overrides(read_yaml(find_recipe(args.recipe)), [(["data", "source"], args.data)] +

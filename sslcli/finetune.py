@@ -21,7 +21,8 @@ def finetune_recipe(model: str | ModelRef, choice: Any, recipe: str, overrides: 
     the chosen data, the command's options (`keys`: fraction, epochs, batch_size, device) and
     the parsed --set `overrides`, which win."""
     from .backbones import parse_model, read_weights
-    from .recipe import apply_overrides, find_recipe, read_yaml, resolve_recipe
+    from .catalog import find_recipe
+    from .recipe import apply_overrides, read_yaml, resolve_recipe
     from .registry import get_method
 
     raw = read_yaml(find_recipe(recipe))

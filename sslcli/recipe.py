@@ -20,17 +20,6 @@ from .schema import build_section
 
 
 
-def _recipes_dir() -> Path:
-    """recipes/ of a source checkout, else the copy installed inside the package."""
-    source = Path(__file__).resolve().parent.parent / "recipes"
-    if source.is_dir():
-        return source
-    from importlib.resources import files
-
-    return Path(str(files("sslcli.recipes")))
-
-
-RECIPES_DIR = _recipes_dir()
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
@@ -183,6 +172,7 @@ class Recipe:
 # Keys a resumed run may change: they extend the run or move it, never alter what it learns.
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.device", "train.checkpoint_every", "train.keep_every", "train.keep_last", "train.log_every",
+    "train.loggers", "train.project", "train.mlflow_uri",
     "data.workers", "data.cache_max_gb", "data.root", "data.max_bad_fraction", "data.eval_frames",
 })
 
@@ -236,27 +226,6 @@ def apply_overrides(raw: dict, overrides: list[tuple[list[str], Any]]) -> dict:
             raise UserError(f"recipe section '{section}' must be a mapping")
         node[key] = value
     return raw
-
-
-def find_recipe(name_or_path: str) -> Path:
-    """A recipe file path, or the bundled recipe of that name."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise UserError(f"recipe file '{path}' does not exist; give a YAML file or a bundled name (see `sslcli recipes`)")
-        return path
-    bundled = RECIPES_DIR / f"{name_or_path}.yaml"
-    if not bundled.is_file():
-        names = bundled_recipes()
-        raise UserError(
-            f"no recipe named '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-            f"bundled: {', '.join(names)}, or give a path to a .yaml file"
-        )
-    return bundled
-
-
-def bundled_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 def read_yaml(path: Path) -> dict:

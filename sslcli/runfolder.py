@@ -11,7 +11,8 @@ from .errors import UserError
 
 def load_raw_recipe(method: Optional[str], recipe: Optional[str], out: Optional[Path], resume: bool) -> dict:
     """The recipe as YAML data, before overrides. A resumed run starts from its own recipe.yaml."""
-    from .recipe import RECIPES_DIR, find_recipe, read_yaml
+    from .catalog import RECIPES_DIR, find_recipe
+    from .recipe import read_yaml
 
     run_recipe = out / "recipe.yaml" if resume and out is not None else None
     if recipe:

@@ -145,6 +145,24 @@ def test_both_towers_are_saved_and_reload_exactly(av_run):
     plain.load_state_dict(load_file(str(run / "audio_backbone.safetensors")))  # timm loads it strictly, as is
 
 
+def test_the_audio_tower_exports_with_its_spectrogram_settings(cli, av_run, tmp_path):
+    import json
+
+    import sslcli
+
+    _, run, _ = av_run
+    r = cli("export", run, "--tower", "audio", "--format", "pt2", "--out", tmp_path / "ears.pt2", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    front = result["backbone"]["front_end"]
+    assert result["tower"] == "audio" and front["n_mels"] == 32 and result["input"][:2] == [1, 32]
+    x = torch.randn(3, *result["input"])
+    with torch.no_grad():
+        expected = sslcli.load_backbone(run, tower="audio")(x)
+        got = torch.export.load(str(tmp_path / "ears.pt2")).module()(x)
+    assert (got - expected).abs().max() < 1e-4
+
+
 @pytest.mark.slow
 def test_knn_probe_and_neighbours_judge_either_tower(cli, av_run, tmp_path):
     data, run, _ = av_run

@@ -2,8 +2,9 @@ import pytest
 import yaml
 
 from sslcli.errors import UserError
+from sslcli.catalog import bundled_recipes, find_recipe
 from sslcli.recipe import (
-    apply_overrides, bundled_recipes, find_recipe, parse_set, read_yaml, resolve_recipe, resume_conflicts,
+    apply_overrides, parse_set, read_yaml, resolve_recipe, resume_conflicts,
 )
 from sslcli.registry import get_method
 
