@@ -85,7 +85,10 @@ def recipe_cards() -> list[dict]:
             header.append(line.lstrip("#").strip())
         said = {key: next((h.split(":", 1)[1].strip() for h in header if h.lower().startswith(f"{key}:")), None)
                 for key in ("data", "expect")}
-        method = read_yaml(path).get("method") or {}
+        raw = read_yaml(path)
+        method, data = raw.get("method") or {}, raw.get("data") or {}
+        if said["data"] is None and isinstance(data, dict):  # embedded data says itself
+            said["data"] = data.get("source", "synthetic:shapes")
         cards.append({"name": name, "method": method.get("name", "") if isinstance(method, dict) else "",
                       "path": str(path), "description": header[0] if header else "", **said})
     return cards

@@ -54,8 +54,9 @@ class BackboneConfig:
 
 @dataclass
 class DataConfig:
-    source: str = option("synthetic:shapes", "synthetic:shapes, synthetic:moving-shapes, an image or video folder, "
-                                             "cifar10, cifar100 or stl10")
+    source: Union[str, None] = option(
+        "synthetic:shapes", "synthetic:shapes, synthetic:moving-shapes, an image or video folder, cifar10, cifar100 or "
+                            "stl10; null: none named, so --data must say (recipes for data of the user's own)")
     kind: Literal["auto", "images", "video"] = option(
         "auto", "what a folder holds; auto: clips when it holds video files (video: folders of frames are clips too)")
     image_size: Union[int, Literal["auto"]] = option(

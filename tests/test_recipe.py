@@ -71,6 +71,24 @@ def test_every_bundled_recipe_resolves_and_round_trips():
         assert again == r, name
 
 
+def test_bundled_recipes_name_no_path_of_ours_and_say_what_data_they_expect():
+    from sslcli.catalog import recipe_cards
+
+    named = {"synthetic:shapes", "synthetic:moving-shapes", "cifar10", "cifar100", "stl10"}
+    for card in recipe_cards():
+        source = (read_yaml(find_recipe(card["name"])).get("data") or {}).get("source", "synthetic:shapes")
+        assert source is None or source in named, (card["name"], source)
+        assert card["data"], card["name"]
+        if source is None:
+            assert "--data" in card["data"], card["name"]
+
+
+def test_a_recipe_for_data_of_ones_own_needs_data(cli, tmp_path):
+    r = cli("pretrain", "--recipe", "simclr-tiny-imagenet", "--out", tmp_path / "run")
+    assert r.code == 2 and "data.source is null" in r.err and "--data FOLDER" in r.err
+    assert not (tmp_path / "run").exists()
+
+
 def test_yaml_syntax_error_names_line_and_column(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method:\n  name: simclr\n  temperature: [0.1\n")

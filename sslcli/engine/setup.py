@@ -26,6 +26,9 @@ def open_data(recipe: Recipe, warn: Callable[[str], None]) -> DataSource:
     """The training data as `recipe` names it, refused when the method cannot train on it or it
     holds fewer items than one batch."""
     d = recipe.data
+    if d.source is None:
+        raise UserError("the recipe names no data (data.source is null: it is meant for data of your own); give "
+                        "--data FOLDER (see the recipe's '# data:' line in `sslcli recipes`)")
     method_cls = get_method(recipe.method.name)
     ds = open_source(
         d.source, d.image_size, seed=recipe.train.seed, root=d.root, purpose="pretrain",
