@@ -10,8 +10,8 @@ import typer
 from ..output import emit, listing, stderr, table
 from ._app import JSON_HELP, MODEL_HELP, TOWER_HELP, command
 
-FORMAT_HELP = ("timm (a folder that timm.create_model('local-dir:FOLDER') loads), torchscript (.pt), "
-               "pt2 (.pt2, torch.export), onnx (.onnx; pip install \"sslcli[onnx]\").")
+FORMAT_HELP = ("timm (a folder: timm.create_model('local-dir:FOLDER', pretrained=True)), torchscript (.pt), "
+               "pt2 (.pt2, torch.export), onnx (.onnx; pip install \"sslcli\\[onnx]\").")  # \\[ keeps rich from reading [onnx] as markup
 
 
 @command()
