@@ -17,7 +17,7 @@ from sslcli.cli import main
 _FUZZ = dict(deadline=None, database=None, print_blob=True,
              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                     HealthCheck.function_scoped_fixture])
-settings.register_profile("suite", max_examples=8, derandomize=True, **_FUZZ)
+settings.register_profile("suite", max_examples=5, derandomize=True, **_FUZZ)
 settings.register_profile("soak", max_examples=int(os.environ.get("SSLCLI_FUZZ_EXAMPLES", "1000")), **_FUZZ)
 settings.load_profile("suite")
 

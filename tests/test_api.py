@@ -100,7 +100,7 @@ def test_info_refuses_what_is_not_a_run(cli, tmp_path, args, message):
 
 @pytest.mark.parametrize("words, expected", [
     ("sslcli pretrain --method sim", {"simclr"}),
-    ("sslcli pretrain --recipe simclr-", {"simclr-tiny-imagenet"}),
+    ("sslcli pretrain --recipe simclr-", {"simclr-cifar10", "simclr-imagenet", "simclr-tiny-imagenet"}),
     ("sslcli pretrain --set train.prec", {"train.precision="}),
     ("sslcli pretrain --set train.precision=b", {"train.precision=bf16"}),
     ("sslcli finetune runs/a --set optim.na", {"optim.name="}),

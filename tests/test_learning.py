@@ -70,21 +70,3 @@ def test_joint_method_lowers_its_loss_and_lifts_knn_above_its_start(cli, tmp_pat
     k = cli("knn", run, "--data", textures, *KNN)
     assert k.code == 0, k.err
     assert k.json["top1"] >= start_knn + MARGIN, (k.json["top1"], start_knn)
-
-
-def test_pretraining_beats_random_init_on_the_embedded_data(cli, tmp_path):
-    """The quick SimCLR recipe, cut to 12 of its 25 epochs, against the random-init floor, both
-    judged by the same kNN on `synthetic:shapes` val images it never trained on. Measured: the full
-    recipe reaches 0.52 and its epoch-10 checkpoint 0.28; 12 epochs on their own (a shorter cosine) 0.24, against
-    0.14 for random:resnet18 (bf16 inference). It trains in the fp32 it was calibrated in: in bf16
-    the same 12 epochs reached 0.18 (fp32 0.22 that day, one run each, 500 val images), while the
-    full simclr-tiny-imagenet recipe is within a point in either (benchmarks/README.md)."""
-    run = tmp_path / "run"
-    r = cli("pretrain", "--recipe", "simclr", "--epochs", "12", *CHECKPOINT_AT_END, "--set", "train.precision=fp32",
-            "--out", run)
-    assert r.code == 0, r.err
-    ours = cli("knn", run, "--data", "synthetic:shapes", "--json")
-    floor = cli("knn", "random:resnet18", "--data", "synthetic:shapes", "--json")
-    assert ours.code == 0 and floor.code == 0, ours.err + floor.err
-    assert ours.json["n_val"] == floor.json["n_val"] == 500
-    assert ours.json["top1"] >= floor.json["top1"] + 0.07, (ours.json["top1"], floor.json["top1"])
