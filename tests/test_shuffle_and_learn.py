@@ -116,16 +116,19 @@ def test_setup_refuses_data_in_which_nothing_moves():
 
 def test_windows_longer_than_an_item_are_refused(cli, tmp_path):
     r = cli("pretrain", "--method", "shuffle-and-learn", "--data", "synthetic:moving-shapes", "--set", "method.window=20",
-            "--set", "data.synthetic_train=8", "--out", tmp_path / "run")
+            "--set", "data.synthetic_train=8", "--set", "data.synthetic_val=4", "--out", tmp_path / "run")
     assert r.code == 2 and "method.window=20 frames, more than the data.clip_frames=16" in r.err
 
 
 @pytest.mark.slow
 def test_a_short_run_learns_the_order_of_moving_shapes(cli, tmp_path):
-    """250 steps of the quick recipe on 640 clips at a constant learning rate: the order of val
-    tuples is read well above chance, and the time-shuffled control stays near it."""
+    """180 steps of the quick recipe on 640 clips at a constant learning rate: the order of val
+    tuples is read well above chance, and the time-shuffled control stays near it. With the
+    constant rate an N-epoch run is the first N epochs of a longer one; one 25-epoch run read
+    0.65, 0.70, 0.70 and 0.78 (mean of the last three epochs) at epochs 15, 18, 20 and 25, the
+    control 0.49, 0.47, 0.46 and 0.51 (2026-12-06)."""
     r = cli("pretrain", "--recipe", "shuffle-and-learn", "--set", "data.synthetic_train=640", "--set", "data.synthetic_val=200",
-            "--epochs", "25", "--set", "optim.schedule=constant", "--set", "optim.warmup_epochs=0", *CHECKPOINT_AT_END,
+            "--epochs", "18", "--set", "optim.schedule=constant", "--set", "optim.warmup_epochs=0", *CHECKPOINT_AT_END,
             "--set", "train.precision=fp32",  # as calibrated; at 32 px bf16 is no faster here
             "--out", tmp_path / "run", "--json")
     assert r.code == 0, r.err
