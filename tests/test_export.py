@@ -30,8 +30,10 @@ def _load(fmt, path):
     return lambda x: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("pt2", ".pt2"), ("onnx", ".onnx")])
-@pytest.mark.parametrize("which", ["resnet-run", "vit"])
+@pytest.mark.parametrize("fmt, suffix, which", [
+    ("torchscript", ".pt", "resnet-run"), ("pt2", ".pt2", "resnet-run"), ("onnx", ".onnx", "resnet-run"),
+    ("torchscript", ".pt", "vit"), ("onnx", ".onnx", "vit"),
+])
 def test_exported_files_give_the_torch_models_outputs(cli, run, tmp_path, fmt, suffix, which):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
