@@ -167,10 +167,11 @@ def export_model(model: str | ModelRef, fmt: str, out: Path, *, with_head: bool 
                 raise UserError(f"the {fmt} export of '{ref}' gives outputs {error:.2g} away from the torch model "
                                 f"(more than {TOLERANCE:g}); export it as --format timm instead")
             tmp.replace(out)
+    one = example_input(info, 1, tower)
     with torch.no_grad():
-        output_dim = int(net(example_input(info, 1, tower)).shape[-1])
+        output_dim = int(net(one).shape[-1])
     record = {"format": fmt, "model": str(ref), "tower": tower, "with_head": with_head, "output_dim": output_dim,
-              "input": list(example_input(info, 1, tower).shape[1:]), "max_abs_error": error,
+              "input": list(one.shape[1:]), "max_abs_error": error,
               "backbone": {k: v for k, v in asdict(info).items() if k not in ("classifier",)}}
     if fmt != "timm":
         atomic_write(out.with_name(out.name + ".json"), (json.dumps(record, indent=2) + "\n").encode())

@@ -142,10 +142,10 @@ class MLflow:
         found = self.client.get_experiment_by_name(self.project)
         experiment = found.experiment_id if found else self.client.create_experiment(self.project)
         self.run_id = self.client.create_run(experiment, run_name=self.out.name).info.run_id
+        from mlflow.entities import Param
+
         params = _flatten(self.recipe)
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
-            from mlflow.entities import Param
-
             chunk = list(params.items())[i:i + 100]
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in chunk])
 
